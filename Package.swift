@@ -1,0 +1,27 @@
+// swift-tools-version:6.0
+// Skiff: a virtual machine monitor for Linux/KVM, written in Swift.
+// Layers (each depends only on those below it):
+//   skiff (CLI) -> VMM -> Devices -> Machine -> KVM -> CKVM
+//   Appliance (guest images, the default kernel) beside them.
+// The per-VM process (`skiff run`) links none of Foundation and is linked
+// statically in release builds (see scripts/build).
+import PackageDescription
+
+let package = Package(
+    name: "skiff",
+    products: [
+        .executable(name: "skiff", targets: ["skiff"]),
+    ],
+    targets: [
+        .target(name: "CKVM"),
+        .target(name: "KVM", dependencies: ["CKVM"]),
+        .target(name: "Machine", dependencies: ["KVM"]),
+        .target(name: "Devices", dependencies: ["Machine"]),
+        .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM"]),
+        .target(name: "Appliance"),
+        .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance"]),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
+        .testTarget(name: "ApplianceTests", dependencies: ["Appliance"]),
+        .testTarget(name: "SkiffTests", dependencies: ["Appliance"]),
+    ]
+)

@@ -1,0 +1,91 @@
+// The parts of <linux/kvm.h> and the C library that Swift cannot import on
+// its own: ioctl request numbers (function-like macros), atomics on memory
+// Swift does not own (kvm_run, guest memory), and a few small wrappers.
+#ifndef SKIFF_CKVM_H
+#define SKIFF_CKVM_H
+
+#include <linux/kvm.h>
+#include <stdint.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+
+static const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
+static const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
+static const unsigned long CKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+static const unsigned long CKVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+static const unsigned long CKVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+static const unsigned long CKVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
+
+static const unsigned long CKVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+static const unsigned long CKVM_CREATE_VCPU = KVM_CREATE_VCPU;
+static const unsigned long CKVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+static const unsigned long CKVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+static const unsigned long CKVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
+static const unsigned long CKVM_CREATE_PIT2 = KVM_CREATE_PIT2;
+static const unsigned long CKVM_IRQ_LINE = KVM_IRQ_LINE;
+static const unsigned long CKVM_SET_BOOT_CPU_ID = KVM_SET_BOOT_CPU_ID;
+
+static const unsigned long CKVM_RUN = KVM_RUN;
+static const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
+static const unsigned long CKVM_SET_REGS = KVM_SET_REGS;
+static const unsigned long CKVM_GET_SREGS = KVM_GET_SREGS;
+static const unsigned long CKVM_SET_SREGS = KVM_SET_SREGS;
+static const unsigned long CKVM_SET_MSRS = KVM_SET_MSRS;
+static const unsigned long CKVM_GET_MSRS = KVM_GET_MSRS;
+static const unsigned long CKVM_SET_CPUID2 = KVM_SET_CPUID2;
+static const unsigned long CKVM_SET_FPU = KVM_SET_FPU;
+static const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
+static const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
+static const unsigned long CKVM_GET_MP_STATE = KVM_GET_MP_STATE;
+
+// Exit reasons and capabilities used by Swift code, re-exported as plain
+// constants so the enum-like macros import with one type.
+static const uint32_t CKVM_EXIT_IO = KVM_EXIT_IO;
+static const uint32_t CKVM_EXIT_MMIO = KVM_EXIT_MMIO;
+static const uint32_t CKVM_EXIT_HLT = KVM_EXIT_HLT;
+static const uint32_t CKVM_EXIT_SHUTDOWN = KVM_EXIT_SHUTDOWN;
+static const uint32_t CKVM_EXIT_FAIL_ENTRY = KVM_EXIT_FAIL_ENTRY;
+static const uint32_t CKVM_EXIT_INTERNAL_ERROR = KVM_EXIT_INTERNAL_ERROR;
+static const uint32_t CKVM_EXIT_SYSTEM_EVENT = KVM_EXIT_SYSTEM_EVENT;
+static const uint32_t CKVM_EXIT_INTR = KVM_EXIT_INTR;
+static const uint32_t CKVM_EXIT_UNKNOWN = KVM_EXIT_UNKNOWN;
+static const uint32_t CKVM_EXIT_EXCEPTION = KVM_EXIT_EXCEPTION;
+static const uint32_t CKVM_EXIT_DEBUG = KVM_EXIT_DEBUG;
+static const uint8_t CKVM_EXIT_IO_IN = KVM_EXIT_IO_IN;
+
+static const int CKVM_CAP_IRQCHIP = KVM_CAP_IRQCHIP;
+static const int CKVM_CAP_USER_MEMORY = KVM_CAP_USER_MEMORY;
+static const int CKVM_CAP_PIT2 = KVM_CAP_PIT2;
+static const int CKVM_CAP_NR_VCPUS = KVM_CAP_NR_VCPUS;
+static const int CKVM_CAP_MAX_VCPUS = KVM_CAP_MAX_VCPUS;
+static const int CKVM_CAP_IMMEDIATE_EXIT = KVM_CAP_IMMEDIATE_EXIT;
+static const uint32_t CKVM_PIT_SPEAKER_DUMMY = KVM_PIT_SPEAKER_DUMMY;
+
+// ioctl with a pointer or integer argument; Swift's Glibc overlay has
+// forms for these, but one typed entry point keeps call sites uniform.
+static inline int ckvm_ioctl_ptr(int fd, unsigned long req, void *arg) {
+    return ioctl(fd, req, arg);
+}
+static inline int ckvm_ioctl_val(int fd, unsigned long req, unsigned long arg) {
+    return ioctl(fd, req, arg);
+}
+
+// kvm_run.immediate_exit is read by the kernel while another thread may
+// write it: use real atomics.
+static inline void ckvm_set_immediate_exit(struct kvm_run *run, uint8_t v) {
+    __atomic_store_n(&run->immediate_exit, v, __ATOMIC_SEQ_CST);
+}
+
+// Pointers into kvm_run's exit union (anonymous unions import into Swift as
+// computed properties, which copy; devices need the bytes in place).
+static inline uint8_t *ckvm_mmio_data(struct kvm_run *r) { return r->mmio.data; }
+static inline uint32_t ckvm_system_event_type(struct kvm_run *r) { return r->system_event.type; }
+
+// Installs a handler that does nothing, without SA_RESTART, so that a
+// signal aimed at a vCPU thread makes KVM_RUN return with EINTR.
+int ckvm_install_kick_handler(int signo);
+
+// Blocks or unblocks a signal in the calling thread.
+int ckvm_thread_block_signal(int signo, int block);
+
+#endif

@@ -1,0 +1,46 @@
+import Machine
+import Synchronization
+
+/// The i8042 keyboard controller, as far as a microVM needs it: its reset
+/// line. Writing 0xFE (pulse the reset line) to the command port stops the
+/// VM as a reset, which is how Linux reboots with `reboot=k`.
+public final class I8042: BusDevice {
+    static let commandPort: UInt64 = 4 // 0x64, attached at 0x60
+    static let pulseReset: UInt8 = 0xfe
+    static let readConfig: UInt8 = 0x20, writeConfig: UInt8 = 0x60
+
+    private struct Registers { var config: UInt8 = 0; var pending: UInt8?; var expectConfig = false }
+    private let state = Mutex(Registers())
+    private let onReset: @Sendable () -> Void
+
+    public init(onReset: @escaping @Sendable () -> Void) { self.onReset = onReset }
+
+    public func read(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
+        guard data.count >= 1 else { return }
+        data[0] = state.withLock { s in
+            if offset == Self.commandPort { return s.pending == nil ? 0 : 1 } // status: output buffer full?
+            defer { s.pending = nil }
+            return s.pending ?? 0
+        }
+    }
+
+    public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
+        guard data.count >= 1 else { return }
+        let v = data[0]
+        let reset = state.withLock { s -> Bool in
+            if offset == Self.commandPort {
+                switch v {
+                case Self.pulseReset: return true
+                case Self.readConfig: s.pending = s.config
+                case Self.writeConfig: s.expectConfig = true
+                default: break
+                }
+            } else if s.expectConfig {
+                s.config = v
+                s.expectConfig = false
+            }
+            return false
+        }
+        if reset { onReset() }
+    }
+}

@@ -1,0 +1,103 @@
+import CKVM
+import Glibc
+
+/// One vCPU's KVM handle and its shared `kvm_run` page.
+public final class KVMVcpu: @unchecked Sendable {
+    public let id: UInt32
+    public let fd: Int32
+    /// The `kvm_run` structure KVM shares with us; written by KVM on each exit.
+    public let run: UnsafeMutablePointer<kvm_run>
+    let runSize: Int
+
+    init(id: UInt32, fd: Int32, run: UnsafeMutableRawPointer, runSize: Int) {
+        self.id = id
+        self.fd = fd
+        self.run = run.bindMemory(to: kvm_run.self, capacity: 1)
+        self.runSize = runSize
+    }
+
+    deinit {
+        munmap(UnsafeMutableRawPointer(run), runSize)
+        close(fd)
+    }
+
+    /// Enters the guest until the next exit. Returns false when interrupted
+    /// by a signal (a kick from another thread), true on a real exit.
+    public func enter() throws -> Bool {
+        if ckvm_ioctl_val(fd, CKVM_RUN, 0) == 0 { return true }
+        if errno == EINTR || errno == EAGAIN { return false }
+        throw SystemError("KVM_RUN on vCPU \(id)")
+    }
+
+    /// Makes the next (or current, with a signal) KVM_RUN return at once.
+    public func setImmediateExit(_ on: Bool) {
+        ckvm_set_immediate_exit(run, on ? 1 : 0)
+    }
+
+    /// Bytes of the run page, for bounds checks of offsets KVM hands us.
+    public var runPageSize: Int { runSize }
+
+    public func registers() throws -> kvm_regs {
+        var r = kvm_regs()
+        _ = try check("KVM_GET_REGS", ckvm_ioctl_ptr(fd, CKVM_GET_REGS, &r))
+        return r
+    }
+
+    public func setRegisters(_ regs: kvm_regs) throws {
+        var r = regs
+        _ = try check("KVM_SET_REGS", ckvm_ioctl_ptr(fd, CKVM_SET_REGS, &r))
+    }
+
+    public func specialRegisters() throws -> kvm_sregs {
+        var s = kvm_sregs()
+        _ = try check("KVM_GET_SREGS", ckvm_ioctl_ptr(fd, CKVM_GET_SREGS, &s))
+        return s
+    }
+
+    public func setSpecialRegisters(_ sregs: kvm_sregs) throws {
+        var s = sregs
+        _ = try check("KVM_SET_SREGS", ckvm_ioctl_ptr(fd, CKVM_SET_SREGS, &s))
+    }
+
+    public func setFPU(_ fpu: kvm_fpu) throws {
+        var f = fpu
+        _ = try check("KVM_SET_FPU", ckvm_ioctl_ptr(fd, CKVM_SET_FPU, &f))
+    }
+
+    public func setCPUID(_ entries: [kvm_cpuid_entry2]) throws {
+        let list = CPUIDList(entries)
+        _ = try check("KVM_SET_CPUID2", ckvm_ioctl_ptr(fd, CKVM_SET_CPUID2, list.raw))
+    }
+
+    /// Sets MSRs; throws naming the first one KVM refused.
+    public func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws {
+        let header = MemoryLayout<kvm_msrs>.size
+        let stride = MemoryLayout<kvm_msr_entry>.stride
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: header + msrs.count * stride, alignment: 8)
+        defer { buf.deallocate() }
+        buf.initializeMemory(as: UInt8.self, repeating: 0, count: header + msrs.count * stride)
+        buf.storeBytes(of: UInt32(msrs.count), as: UInt32.self)
+        for (i, m) in msrs.enumerated() {
+            var e = kvm_msr_entry()
+            e.index = m.index
+            e.data = m.value
+            buf.storeBytes(of: e, toByteOffset: header + i * stride, as: kvm_msr_entry.self)
+        }
+        let set = try check("KVM_SET_MSRS", ckvm_ioctl_ptr(fd, CKVM_SET_MSRS, buf))
+        if Int(set) < msrs.count {
+            let bad = msrs[Int(set)].index
+            throw SystemError("KVM_SET_MSRS: MSR 0x\(String(bad, radix: 16)) refused", errno: EINVAL)
+        }
+    }
+
+    public func lapic() throws -> kvm_lapic_state {
+        var l = kvm_lapic_state()
+        _ = try check("KVM_GET_LAPIC", ckvm_ioctl_ptr(fd, CKVM_GET_LAPIC, &l))
+        return l
+    }
+
+    public func setLAPIC(_ state: kvm_lapic_state) throws {
+        var l = state
+        _ = try check("KVM_SET_LAPIC", ckvm_ioctl_ptr(fd, CKVM_SET_LAPIC, &l))
+    }
+}

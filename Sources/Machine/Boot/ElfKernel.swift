@@ -1,0 +1,81 @@
+/// ELF64 x86-64 kernels: Linux's vmlinux or a probe guest. Entered at the
+/// PVH 32-bit entry point when the image has Xen's PHYS32_ENTRY note,
+/// otherwise at e_entry in 64-bit mode.
+enum ElfKernel {
+    static let ptLoad: UInt32 = 1
+    static let ptNote: UInt32 = 4
+    static let xenElfNotePhys32Entry: UInt32 = 18
+    /// Linux x86's COMMAND_LINE_SIZE: the limit when no header says otherwise.
+    static let linuxCommandLineSize = 2048
+    static let maxProgramHeaders = 64
+
+    static func parse(_ bytes: [UInt8], path: String) throws -> KernelImage {
+        let r = ByteReader(bytes: bytes, name: "kernel \(path)")
+        guard bytes.count >= 64 else { throw BootError("kernel \(path): ELF header cut short (\(bytes.count) bytes)") }
+        guard bytes[4] == 2 else { throw BootError("kernel \(path): 32-bit ELF; Skiff boots ELF64 kernels") }
+        guard bytes[5] == 1 else { throw BootError("kernel \(path): big-endian ELF") }
+        guard try r.u16(18) == 62 else { throw BootError("kernel \(path): ELF for machine \(try r.u16(18)), not x86-64") }
+        let type = try r.u16(16)
+        guard type == 2 || type == 3 else { throw BootError("kernel \(path): ELF type \(type) is not an executable") }
+
+        let entry = try r.u64(24)
+        let phoff = try r.u64(32)
+        let phentsize = Int(try r.u16(54))
+        let phnum = Int(try r.u16(56))
+        guard phentsize == 56 else { throw BootError("kernel \(path): ELF program header size \(phentsize), expected 56") }
+        guard phnum > 0, phnum <= maxProgramHeaders else { throw BootError("kernel \(path): ELF has \(phnum) program headers") }
+        guard phoff < UInt64(bytes.count), UInt64(bytes.count) - phoff >= UInt64(phnum * phentsize) else {
+            throw BootError("kernel \(path): ELF program headers lie past the end of the file (cut short?)")
+        }
+
+        var segments: [KernelImage.Segment] = []
+        var pvhEntry: UInt32?
+        var end: UInt64 = 0
+        for i in 0..<phnum {
+            let h = Int(phoff) + i * phentsize
+            let ptype = try r.u32(h)
+            let offset = try r.u64(h + 8)
+            let paddr = try r.u64(h + 24)
+            let filesz = try r.u64(h + 32)
+            let memsz = try r.u64(h + 40)
+            guard offset <= UInt64(bytes.count), filesz <= UInt64(bytes.count) - offset else {
+                throw BootError("kernel \(path): ELF segment \(i) lies past the end of the file (cut short?)")
+            }
+            if ptype == ptLoad {
+                guard filesz <= memsz else { throw BootError("kernel \(path): ELF segment \(i) has file size above memory size") }
+                guard memsz > 0 else { continue }
+                let (segEnd, overflow) = paddr.addingReportingOverflow(memsz)
+                guard !overflow, memsz < 1 << 40 else { throw BootError("kernel \(path): ELF segment \(i) at 0x\(String(paddr, radix: 16)) wraps the address space") }
+                segments.append(.init(guestAddress: paddr, fileOffset: Int(offset), fileSize: Int(filesz), memorySize: memsz))
+                end = max(end, segEnd)
+            } else if ptype == ptNote, pvhEntry == nil {
+                pvhEntry = try findPVHEntry(r, offset: Int(offset), size: Int(filesz))
+            }
+        }
+        guard !segments.isEmpty else { throw BootError("kernel \(path): ELF has no loadable segment") }
+        return KernelImage(
+            path: path, bytes: bytes,
+            entry: pvhEntry.map { .pvh32($0) } ?? .long64(entry),
+            segments: segments, setupHeader: nil,
+            commandLineLimit: linuxCommandLineSize,
+            initrdLimit: X86Layout.lowRAMEnd, end: end)
+    }
+
+    /// Walks an ELF note segment for XEN_ELFNOTE_PHYS32_ENTRY ("Xen", 18).
+    static func findPVHEntry(_ r: ByteReader, offset: Int, size: Int) throws -> UInt32? {
+        var at = offset
+        let limit = offset + size
+        while at + 12 <= limit {
+            let namesz = Int(try r.u32(at)), descsz = Int(try r.u32(at + 4)), type = try r.u32(at + 8)
+            let name = at + 12
+            let desc = name + (namesz + 3) & ~3
+            let next = desc + (descsz + 3) & ~3
+            guard namesz <= size, descsz <= size, next <= limit else { return nil }
+            if type == xenElfNotePhys32Entry, namesz == 4, r.bytes[name..<name + 3].elementsEqual("Xen".utf8), descsz >= 4 {
+                return try r.u32(desc)
+            }
+            at = next
+        }
+        return nil
+    }
+}

@@ -1,0 +1,37 @@
+/// Why a VM stopped. The first reason reported wins.
+public enum StopReason: Equatable, Sendable, CustomStringConvertible {
+    /// The guest reset the machine (i8042 pulse, KVM reset event).
+    case reset(String)
+    /// The guest powered off.
+    case powerOff
+    /// Stopped from the host (SIGTERM, SIGINT).
+    case signal(Int32)
+    /// The guest triple-faulted: a reset on a PC, reported as such.
+    case tripleFault(vcpu: UInt32)
+    /// The guest's kernel reported a crash to the hypervisor.
+    case guestCrash
+    /// KVM could not emulate an instruction, or another internal error.
+    case emulationFailure(vcpu: UInt32, detail: String)
+    /// A KVM call failed or KVM reported an exit it could not run.
+    case kvmError(String)
+
+    /// `skiff run`'s exit status: 0 for an orderly stop.
+    public var exitStatus: Int32 {
+        switch self {
+        case .reset, .powerOff, .signal, .tripleFault: 0
+        case .guestCrash, .emulationFailure, .kvmError: 1
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .reset(let how): "guest reset (\(how))"
+        case .powerOff: "guest powered off"
+        case .signal(let s): "stopped by signal \(s == 15 ? "SIGTERM" : s == 2 ? "SIGINT" : String(s))"
+        case .tripleFault(let v): "guest triple-faulted on vCPU \(v) (a reset)"
+        case .guestCrash: "guest reported a crash"
+        case .emulationFailure(let v, let d): "KVM emulation failure on vCPU \(v): \(d)"
+        case .kvmError(let e): "KVM error: \(e)"
+        }
+    }
+}

@@ -1,0 +1,106 @@
+import CKVM
+import Glibc
+import KVM
+import Synchronization
+
+/// Set once when the VM is stopping; read by every vCPU before each entry.
+public final class StopFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    public init() {}
+    public var isSet: Bool { value.load(ordering: .acquiring) }
+    public func set() { value.store(true, ordering: .releasing) }
+}
+
+/// One vCPU's thread body: enter the guest, dispatch each exit to the
+/// buses, stop on what ends the VM. Everything in `kvm_run` is checked
+/// before use: sizes, counts and offsets come from KVM but describe what
+/// the guest did.
+public final class VcpuLoop: @unchecked Sendable {
+    public let vcpu: KVMVcpu
+    let io: Bus
+    let mmio: Bus
+    let stopping: StopFlag
+    let onStop: @Sendable (StopReason) -> Void
+    /// Exits handled so far (read after the thread ends).
+    public private(set) var exits: UInt64 = 0
+
+    public init(vcpu: KVMVcpu, io: Bus, mmio: Bus, stopping: StopFlag, onStop: @escaping @Sendable (StopReason) -> Void) {
+        self.vcpu = vcpu
+        self.io = io
+        self.mmio = mmio
+        self.stopping = stopping
+        self.onStop = onStop
+    }
+
+    public func run() {
+        _ = ckvm_thread_block_signal(SIGUSR1, 0)
+        while !stopping.isSet {
+            do {
+                guard try vcpu.enter() else { continue }
+            } catch {
+                onStop(.kvmError("\(error)"))
+                return
+            }
+            exits &+= 1
+            if let reason = dispatch() {
+                onStop(reason)
+                return
+            }
+        }
+    }
+
+    /// Makes the vCPU leave KVM_RUN now (or skip its next entry).
+    public func kick(_ thread: HostThread) {
+        vcpu.setImmediateExit(true)
+        thread.signal(SIGUSR1)
+    }
+
+    func dispatch() -> StopReason? {
+        let run = vcpu.run
+        switch run.pointee.exit_reason {
+        case CKVM_EXIT_IO:
+            let io = run.pointee.io
+            let size = Int(io.size), count = Int(io.count), offset = Int(io.data_offset)
+            guard size == 1 || size == 2 || size == 4, count >= 1, offset >= 0,
+                  count <= (vcpu.runPageSize - min(offset, vcpu.runPageSize)) / size else {
+                return .kvmError("malformed I/O exit (port 0x\(String(io.port, radix: 16)), size \(size), count \(count))")
+            }
+            let base = UnsafeMutableRawPointer(run) + offset
+            for i in 0..<count {
+                let data = UnsafeMutableRawBufferPointer(start: base + i * size, count: size)
+                if io.direction == CKVM_EXIT_IO_IN { self.io.read(UInt64(io.port), into: data) }
+                else { self.io.write(UInt64(io.port), data: UnsafeRawBufferPointer(data)) }
+            }
+        case CKVM_EXIT_MMIO:
+            let m = run.pointee.mmio
+            let length = Int(m.len)
+            guard (1...8).contains(length) else { return .kvmError("malformed MMIO exit (length \(length))") }
+            let data = UnsafeMutableRawBufferPointer(start: ckvm_mmio_data(run), count: length)
+            if m.is_write != 0 { mmio.write(m.phys_addr, data: UnsafeRawBufferPointer(data)) }
+            else { mmio.read(m.phys_addr, into: data) }
+        case CKVM_EXIT_INTR:
+            break
+        case CKVM_EXIT_HLT:
+            return .powerOff
+        case CKVM_EXIT_SHUTDOWN:
+            return .tripleFault(vcpu: vcpu.id)
+        case CKVM_EXIT_SYSTEM_EVENT:
+            switch ckvm_system_event_type(run) {
+            case UInt32(KVM_SYSTEM_EVENT_SHUTDOWN): return .powerOff
+            case UInt32(KVM_SYSTEM_EVENT_RESET): return .reset("KVM system event")
+            default: return .guestCrash
+            }
+        case CKVM_EXIT_INTERNAL_ERROR:
+            let sub = run.pointee.internal.suberror
+            let rip = (try? vcpu.registers().rip).map { "0x" + String($0, radix: 16) } ?? "?"
+            let what = sub == UInt32(KVM_INTERNAL_ERROR_EMULATION) ? "instruction not emulated" : "internal error \(sub)"
+            return .emulationFailure(vcpu: vcpu.id, detail: "\(what) at rip \(rip)")
+        case CKVM_EXIT_FAIL_ENTRY:
+            let reason = run.pointee.fail_entry.hardware_entry_failure_reason
+            return .kvmError("vCPU \(vcpu.id) could not enter the guest (hardware reason 0x\(String(reason, radix: 16)))")
+        default:
+            return .kvmError("vCPU \(vcpu.id): unexpected exit reason \(run.pointee.exit_reason)")
+        }
+        return nil
+    }
+}

@@ -1,0 +1,45 @@
+import Glibc
+import KVM
+
+/// Small readers of host files for the VMM, without Foundation.
+public enum HostFiles {
+    /// The whole file, refusing anything larger than `limit` before reading it.
+    public static func read(_ path: String, what: String, limit: UInt64) throws(ConfigurationError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw ConfigurationError("\(what) \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw ConfigurationError("\(what) \(path): \(String(cString: strerror(errno)))") }
+        guard st.st_mode & S_IFMT == S_IFREG else { throw ConfigurationError("\(what) \(path): not a regular file") }
+        let size = UInt64(st.st_size)
+        guard size <= limit else {
+            throw ConfigurationError("\(what) \(path) (\(size >> 20) MiB) does not fit in guest memory (\(limit >> 20) MiB)")
+        }
+        // Read to the end rather than trusting st_size: /proc files report 0.
+        var bytes = [UInt8](repeating: 0, count: max(Int(size), 4096))
+        var done = 0
+        while true {
+            if done == bytes.count {
+                guard UInt64(done) <= limit else { throw ConfigurationError("\(what) \(path): grew past \(limit >> 20) MiB while read") }
+                bytes += [UInt8](repeating: 0, count: bytes.count)
+            }
+            let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw ConfigurationError("\(what) \(path): read failed after \(done) bytes: \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            done += n
+        }
+        bytes.removeLast(bytes.count - done)
+        return bytes
+    }
+
+    /// MemTotal from /proc/meminfo, in MiB.
+    public static func hostMemoryMiB() -> UInt64 {
+        guard let text = try? read("/proc/meminfo", what: "meminfo", limit: 1 << 20) else { return 0 }
+        for line in String(decoding: text, as: UTF8.self).split(separator: "\n") where line.hasPrefix("MemTotal:") {
+            let kib = line.split(separator: " ").dropFirst().first.flatMap { UInt64($0) } ?? 0
+            return kib / 1024
+        }
+        return 0
+    }
+}

@@ -1,0 +1,42 @@
+import Machine
+
+/// Everything `skiff run` needs to build one VM. Checked by `validate`
+/// before any resource is taken, so a bad value changes nothing.
+public struct VMConfiguration: Sendable {
+    public var kernelPath: String
+    public var initrdPath: String?
+    public var commandLine: String
+    public var cpus: Int = 1
+    public var memoryMiB: UInt64 = 128
+    /// nil: chosen from the host (`CPUTemplate.automatic`).
+    public var cpuTemplate: CPUTemplate?
+    public var kvmPath = "/dev/kvm"
+
+    public static let maxCpus = 254 // APIC IDs 0..253, the IOAPIC takes the next
+    public static let minimumMemoryMiB: UInt64 = 2
+    public static let defaultCommandLine = "console=ttyS0 reboot=k panic=-1 io_delay=none"
+
+    public init(kernelPath: String, initrdPath: String? = nil, commandLine: String = VMConfiguration.defaultCommandLine) {
+        self.kernelPath = kernelPath
+        self.initrdPath = initrdPath
+        self.commandLine = commandLine
+    }
+
+    public func validate(hostMemoryMiB: UInt64) throws(ConfigurationError) {
+        guard cpus >= 1, cpus <= Self.maxCpus else {
+            throw ConfigurationError("--cpus \(cpus): must be between 1 and \(Self.maxCpus)")
+        }
+        guard memoryMiB >= Self.minimumMemoryMiB else {
+            throw ConfigurationError("--memory \(memoryMiB): must be at least \(Self.minimumMemoryMiB) MiB")
+        }
+        guard memoryMiB <= hostMemoryMiB else {
+            throw ConfigurationError("--memory \(memoryMiB): more than this host has (\(hostMemoryMiB) MiB)")
+        }
+    }
+}
+
+/// A configuration value the user gave is wrong: exit status 2.
+public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,139 @@
+import CKVM
+import Devices
+import Glibc
+import KVM
+import Machine
+import Synchronization
+
+/// One VM: guest memory, the in-kernel irqchip and PIT, legacy devices,
+/// vCPU threads; built from a configuration, run until it stops.
+public final class VirtualMachine: @unchecked Sendable {
+    public enum Phase: Sendable { case created, running, stopped(StopReason) }
+
+    public let configuration: VMConfiguration
+    let kvm: KVMSystem
+    let vm: KVMVirtualMachine
+    public let memory: GuestMemory
+    let vcpus: [KVMVcpu]
+    let serial: Serial8250
+    let io: Bus
+    let mmio: Bus
+    let stopping = StopFlag()
+    private let stopReason = Mutex<StopReason?>(nil)
+    private let mainThread = pthread_self()
+
+    /// Signals the main thread waits for; blocked in every thread so that
+    /// only its sigwait sees them.
+    static let controlSignals: [Int32] = [SIGTERM, SIGINT, SIGHUP, SIGUSR2]
+
+    public init(_ config: VMConfiguration, consoleOutput: @escaping @Sendable (UInt8) -> Void) throws {
+        configuration = config
+        let memoryBytes = config.memoryMiB << 20
+        // Read and check what the user gave before touching KVM.
+        let kernelBytes = try HostFiles.read(config.kernelPath, what: "kernel", limit: memoryBytes)
+        let kernel = try KernelImage.parse(kernelBytes, path: config.kernelPath)
+        let initrd = try config.initrdPath.map { (path: $0, bytes: try HostFiles.read($0, what: "initrd", limit: memoryBytes)) }
+
+        kvm = try KVMSystem(path: config.kvmPath)
+        guard config.cpus <= kvm.maxVcpus else {
+            throw ConfigurationError("--cpus \(config.cpus): KVM on this host allows at most \(kvm.maxVcpus)")
+        }
+        vm = try kvm.createVM()
+        memory = try GuestMemory(size: memoryBytes)
+        for (slot, region) in memory.regions.enumerated() {
+            try vm.setUserMemoryRegion(slot: UInt32(slot), guestPhysical: region.guestBase, size: region.size, host: region.host)
+        }
+        try? vm.setTSSAddress(X86Layout.kvmTSS) // VMX needs it; other backends may refuse
+        try vm.createIRQChip()
+        try vm.createPIT()
+
+        let boot = try BootSetup.prepare(memory: memory, kernel: kernel, initrd: initrd,
+                                         commandLine: config.commandLine, cpus: config.cpus)
+
+        // Devices. Each sits where a PC has it.
+        var io = Bus()
+        serial = Serial8250(irq: KVMInterruptLine(vm: vm, irq: 4), sink: consoleOutput)
+        try io.attach(serial, at: 0x3f8, length: 8)
+        let stopHandle = StopHandle()
+        try io.attach(I8042(onReset: { stopHandle.stop(.reset("i8042")) }), at: 0x60, length: 5)
+        try io.attach(CMOS(), at: 0x70, length: 2)
+        self.io = io
+        mmio = Bus()
+
+        // vCPUs: CPUID and MSRs for all; the boot CPU gets the entry state,
+        // the others wait for INIT/SIPI from the guest.
+        let template = config.cpuTemplate ?? CPUTemplate.automatic()
+        let supported = try kvm.supportedCPUID()
+        var vcpus: [KVMVcpu] = []
+        for id in 0..<UInt32(config.cpus) {
+            let vcpu = try vm.createVcpu(id: id)
+            try vcpu.setCPUID(template.apply(to: supported, vcpu: id, vcpus: config.cpus))
+            try vcpu.setMSRs(VcpuBoot.bootMSRs)
+            try VcpuBoot.configureLocalInterrupts(vcpu)
+            if id == 0 { try VcpuBoot.configure(vcpu, entry: boot.entry) }
+            vcpus.append(vcpu)
+        }
+        self.vcpus = vcpus
+        stopHandle.machine = self
+    }
+
+    /// Records why the VM stops (the first reason wins) and wakes the main thread.
+    public func stop(_ reason: StopReason) {
+        let first = stopReason.withLock { r -> Bool in
+            guard r == nil else { return false }
+            r = reason
+            return true
+        }
+        if first { pthread_kill(mainThread, SIGUSR2) }
+    }
+
+    /// Runs the guest until it stops; must be called on the thread that
+    /// created the VM. Host input is forwarded to the console meanwhile.
+    public func run(consoleInput: Int32? = STDIN_FILENO) throws -> StopReason {
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        for s in Self.controlSignals + [SIGUSR1] { sigaddset(&signals, s) }
+        pthread_sigmask(SIG_BLOCK, &signals, nil) // threads inherit this mask
+        _ = ckvm_install_kick_handler(SIGUSR1)
+        signal(SIGPIPE, SIG_IGN)
+
+        let loops = vcpus.map { VcpuLoop(vcpu: $0, io: io, mmio: mmio, stopping: stopping, onStop: { [unowned self] in self.stop($0) }) }
+        var threads: [HostThread] = []
+        for loop in loops {
+            threads.append(try HostThread(name: "vcpu\(loop.vcpu.id)") { loop.run() })
+        }
+        let console = consoleInput.map { ConsoleInput(fd: $0, serial: serial) }
+        try console?.start()
+
+        var control = sigset_t()
+        sigemptyset(&control)
+        for s in Self.controlSignals { sigaddset(&control, s) }
+        while true {
+            var received: Int32 = 0
+            sigwait(&control, &received)
+            if received == SIGUSR2 { break }
+            stop(.signal(received))
+        }
+        stopping.set()
+        for (loop, thread) in zip(loops, threads) { loop.kick(thread) }
+        for thread in threads { thread.join() }
+        console?.restoreTerminal()
+        return stopReason.withLock { $0 } ?? .kvmError("stopped without a reason")
+    }
+}
+
+/// Lets devices built before the VM exists stop it later.
+final class StopHandle: @unchecked Sendable {
+    weak var machine: VirtualMachine?
+    func stop(_ reason: StopReason) { machine?.stop(reason) }
+}
+
+/// An ISA interrupt of the in-kernel PIC/IOAPIC, raised as an edge.
+struct KVMInterruptLine: InterruptLine {
+    let vm: KVMVirtualMachine
+    let irq: UInt32
+    func pulse() {
+        try? vm.setIRQLine(irq, high: true)
+        try? vm.setIRQLine(irq, high: false)
+    }
+}

@@ -1,0 +1,133 @@
+// skiff: the command line. `skiff run` is the per-VM process: it links no
+// Foundation and parses its few options by hand for that reason.
+import Appliance
+import Glibc
+import KVM
+import Machine
+import VMM
+
+let usage = """
+usage: skiff run [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--cpus N]
+                 [--memory MIB] [--cpu-template host|pvm]
+       skiff kernel build|path     build (if needed) and print the default kernel
+       skiff initramfs path        build (if needed) and print the default initramfs
+
+`skiff run` with no --kernel boots the default guest (Skiff's kernel and a
+busybox initramfs). Exit status: 0 when the guest resets or powers off,
+1 on a KVM error or emulation failure, 2 when what was given is wrong.
+"""
+
+func fail(_ message: String, status: Int32) -> Never {
+    var line = Array("skiff: \(message)\n".utf8)
+    _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+    exit(status)
+}
+
+struct RunOptions {
+    var kernel: String?
+    var initrd: String?
+    var cmdline: String?
+    var cpus = 1
+    var memoryMiB: UInt64 = 128
+    var template: CPUTemplate?
+
+    init(_ args: ArraySlice<String>) throws(ConfigurationError) {
+        var it = args.makeIterator()
+        func value(_ flag: String) throws(ConfigurationError) -> String {
+            guard let v = it.next() else { throw ConfigurationError("\(flag) needs a value") }
+            return v
+        }
+        while let arg = it.next() {
+            var flag = arg, inline: String?
+            if let eq = arg.firstIndex(of: "="), arg.hasPrefix("--") {
+                flag = String(arg[..<eq]); inline = String(arg[arg.index(after: eq)...])
+            }
+            let v: () throws(ConfigurationError) -> String = { () throws(ConfigurationError) -> String in
+                if let inline { return inline }
+                return try value(flag)
+            }
+            switch flag {
+            case "--kernel": kernel = try v()
+            case "--initrd": initrd = try v()
+            case "--cmdline": cmdline = try v()
+            case "--cpus":
+                let s = try v()
+                guard let n = Int(s) else { throw ConfigurationError("--cpus \(s): not a number") }
+                cpus = n
+            case "--memory":
+                let s = try v()
+                guard let n = UInt64(s) else { throw ConfigurationError("--memory \(s): not a number of MiB") }
+                memoryMiB = n
+            case "--cpu-template":
+                let s = try v()
+                guard let t = CPUTemplate(rawValue: s) else {
+                    throw ConfigurationError("--cpu-template \(s): unknown (known: \(CPUTemplate.allCases.map(\.rawValue).joined(separator: ", ")))")
+                }
+                template = t
+            default: throw ConfigurationError("unknown option \(arg) (see skiff --help)")
+            }
+        }
+    }
+}
+
+func run(_ args: ArraySlice<String>) -> Never {
+    let options: RunOptions
+    do { options = try RunOptions(args) } catch { fail(error.description, status: 2) }
+
+    var config: VMConfiguration
+    do {
+        if let kernel = options.kernel {
+            config = VMConfiguration(kernelPath: kernel, initrdPath: options.initrd)
+        } else {
+            config = VMConfiguration(kernelPath: try DefaultGuest.kernelPath(),
+                                     initrdPath: try options.initrd ?? DefaultGuest.initramfsPath())
+        }
+    } catch { fail("default guest: \(error)", status: 1) }
+    if let c = options.cmdline { config.commandLine = c }
+    config.cpus = options.cpus
+    config.memoryMiB = options.memoryMiB
+    config.cpuTemplate = options.template
+
+    do {
+        try config.validate(hostMemoryMiB: HostFiles.hostMemoryMiB())
+        let machine = try VirtualMachine(config, consoleOutput: { byte in
+            var b = byte
+            _ = write(1, &b, 1)
+        })
+        let reason = try machine.run()
+        if reason.exitStatus != 0 || { if case .reset = reason { return false }; return true }() {
+            fail(reason.description, status: reason.exitStatus)
+        }
+        exit(0)
+    } catch let e as ConfigurationError {
+        fail(e.description, status: 2)
+    } catch let e as BootError {
+        fail(e.description, status: 2)
+    } catch let e as KVMUnavailable {
+        fail(e.description, status: 2)
+    } catch {
+        fail("\(error)", status: 1)
+    }
+}
+
+let args = CommandLine.arguments.dropFirst()
+switch args.first {
+case "run":
+    run(args.dropFirst())
+case "kernel":
+    switch args.dropFirst().first {
+    case "build", "path":
+        do { print(try args.dropFirst().first == "build" ? DefaultGuest.kernelDirectory() : DefaultGuest.kernelPath()) }
+        catch { fail("\(error)", status: 1) }
+    default: fail("usage: skiff kernel build|path", status: 2)
+    }
+case "initramfs":
+    guard args.dropFirst().first == "path" else { fail("usage: skiff initramfs path", status: 2) }
+    do { print(try DefaultGuest.initramfsPath()) } catch { fail("\(error)", status: 1) }
+case "-h", "--help", "help":
+    print(usage)
+case nil:
+    fail("no command given\n" + usage, status: 2)
+default:
+    fail("unknown command \(args.first!) (see skiff --help)", status: 2)
+}
