@@ -24,7 +24,7 @@ public final class VirtualMachine: @unchecked Sendable {
 
     /// Signals the main thread waits for; blocked in every thread so that
     /// only its sigwait sees them.
-    static let controlSignals: [Int32] = [SIGTERM, SIGINT, SIGHUP, SIGUSR2]
+    static let controlSignals: [Int32] = [SIGTERM, SIGINT, SIGHUP, SIGUSR2, SIGQUIT]
 
     public init(_ config: VMConfiguration, consoleOutput: @escaping @Sendable (UInt8) -> Void) throws {
         configuration = config
@@ -47,8 +47,10 @@ public final class VirtualMachine: @unchecked Sendable {
         try vm.createIRQChip()
         try vm.createPIT()
 
+        let template = config.cpuTemplate ?? CPUTemplate.automatic()
+        let commandLine = [config.commandLine, template.linuxCommandLine].filter { !$0.isEmpty }.joined(separator: " ")
         let boot = try BootSetup.prepare(memory: memory, kernel: kernel, initrd: initrd,
-                                         commandLine: config.commandLine, cpus: config.cpus)
+                                         commandLine: commandLine, cpus: config.cpus)
 
         // Devices. Each sits where a PC has it.
         var io = Bus()
@@ -62,7 +64,6 @@ public final class VirtualMachine: @unchecked Sendable {
 
         // vCPUs: CPUID and MSRs for all; the boot CPU gets the entry state,
         // the others wait for INIT/SIPI from the guest.
-        let template = config.cpuTemplate ?? CPUTemplate.automatic()
         let supported = try kvm.supportedCPUID()
         var vcpus: [KVMVcpu] = []
         for id in 0..<UInt32(config.cpus) {
@@ -112,6 +113,7 @@ public final class VirtualMachine: @unchecked Sendable {
             var received: Int32 = 0
             sigwait(&control, &received)
             if received == SIGUSR2 { break }
+            if received == SIGQUIT { reportVcpus(loops, threads); continue }
             stop(.signal(received))
         }
         stopping.set()
@@ -119,6 +121,26 @@ public final class VirtualMachine: @unchecked Sendable {
         for thread in threads { thread.join() }
         console?.restoreTerminal()
         return stopReason.withLock { $0 } ?? .kvmError("stopped without a reason")
+    }
+}
+
+extension VirtualMachine {
+    /// SIGQUIT: one line per vCPU on stderr (where is the guest?). Each vCPU
+    /// is kicked out of KVM_RUN long enough for its registers to be read.
+    func reportVcpus(_ loops: [VcpuLoop], _ threads: [HostThread]) {
+        for (loop, thread) in zip(loops, threads) {
+            loop.kick(thread)
+            let line: String
+            if let r = try? loop.vcpu.registers(), let s = try? loop.vcpu.specialRegisters() {
+                let hex = { (v: UInt64) in "0x" + String(v, radix: 16) }
+                line = "vCPU \(loop.vcpu.id): rip \(hex(r.rip)) rsp \(hex(r.rsp)) rflags \(hex(r.rflags)) cr3 \(hex(s.cr3)) exits \(loop.exits)\n"
+            } else {
+                line = "vCPU \(loop.vcpu.id): registers unavailable\n"
+            }
+            loop.vcpu.setImmediateExit(false)
+            var bytes = Array(line.utf8)
+            _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+        }
     }
 }
 

@@ -3,6 +3,11 @@ import Glibc
 
 /// What CPUID tells the guest: KVM's supported set, shaped by a named
 /// template, with each vCPU's topology filled in.
+///
+/// On KVM's PVM backend only the bits inside KVM's supported set are
+/// KVM's to hide: the guest sees the host CPU's own bits for the rest
+/// (XSAVE, POPCNT, SMAP among them, measured with a probe guest). So the
+/// `pvm` template also asks Linux, on its command line, to leave those alone.
 public enum CPUTemplate: String, CaseIterable, Sendable {
     /// Everything KVM supports on this host.
     case host
@@ -14,6 +19,16 @@ public enum CPUTemplate: String, CaseIterable, Sendable {
     /// `pvm` on a host whose KVM is the PVM backend, else `host`.
     public static func automatic(sysModule: String = "/sys/module") -> CPUTemplate {
         access(sysModule + "/kvm_pvm", F_OK) == 0 ? .pvm : .host
+    }
+
+    /// Words a Linux guest needs on its command line under this template.
+    /// Bit numbers, not names: names need CONFIG_X86_FEATURE_NAMES.
+    public var linuxCommandLine: String {
+        switch self {
+        case .host: ""
+        // 151 = X86_FEATURE_POPCNT (word 4, bit 23), 308 = X86_FEATURE_SMAP (word 9, bit 20)
+        case .pvm: "noxsave nofsgsbase clearcpuid=151,308"
+        }
     }
 
     public func apply(to supported: [kvm_cpuid_entry2], vcpu: UInt32, vcpus: Int) -> [kvm_cpuid_entry2] {
@@ -40,6 +55,11 @@ public enum CPUTemplate: String, CaseIterable, Sendable {
                 }
             case 0xb, 0x1f:
                 e.edx = vcpu // x2APIC ID
+            case 0x4000_0001 where self == .pvm:
+                // KVM paravirtual features that work through hypercalls,
+                // which spin on PVM hosts: PV unhalt (kick), PV send-IPI,
+                // PV sched-yield.
+                e.eax &= ~(Bit.kvmPVUnhalt | Bit.kvmPVSendIPI | Bit.kvmPVSchedYield)
             case 0x8000_0008:
                 if self == .pvm { e.ebx |= Bit.xsaveErrPtr }
             default:
@@ -60,5 +80,6 @@ public enum CPUTemplate: String, CaseIterable, Sendable {
         static let avx512ecxMask: UInt32 = (1 << 1) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 14)
         static let avx512edxMask: UInt32 = (1 << 2) | (1 << 3) | (1 << 8) | (1 << 23)
         static let xsaveErrPtr: UInt32 = 1 << 2
+        static let kvmPVUnhalt: UInt32 = 1 << 7, kvmPVSendIPI: UInt32 = 1 << 11, kvmPVSchedYield: UInt32 = 1 << 13
     }
 }
