@@ -12,6 +12,9 @@ usage: skiff run [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--cpus N]
        skiff kernel build|path     build (if needed) and print the default kernel
        skiff initramfs path        build (if needed) and print the default initramfs
 
+Environment: SKIFF_CACHE (default /var/cache/skiff) holds built images;
+SKIFF_KVM_DEVICE (default /dev/kvm) names the KVM device.
+
 `skiff run` with no --kernel boots the default guest (Skiff's kernel and a
 busybox initramfs). Exit status: 0 when the guest resets or powers off,
 1 on a KVM error or emulation failure, 2 when what was given is wrong.
@@ -87,6 +90,7 @@ func run(_ args: ArraySlice<String>) -> Never {
     config.cpus = options.cpus
     config.memoryMiB = options.memoryMiB
     config.cpuTemplate = options.template
+    if let device = getenv("SKIFF_KVM_DEVICE") { config.kvmPath = String(cString: device) }
 
     do {
         try config.validate(hostMemoryMiB: HostFiles.hostMemoryMiB())

@@ -1,0 +1,91 @@
+import Foundation
+import XCTest
+
+/// Every mistake in what a user gives: exit status 2, one line on stderr
+/// naming the problem, no crash.
+final class BadInputTests: XCTestCase {
+    func expectUsageError(_ args: [String], _ needle: String, environment: [String: String]? = nil,
+                          file: StaticString = #filePath, line: UInt = #line) throws {
+        let r = try Harness.skiff(["run"] + args, timeout: 30, environment: environment)
+        XCTAssertEqual(r.status, 2, "\(args): \(r.stderr)", file: file, line: line)
+        XCTAssertFalse(r.signaled, file: file, line: line)
+        XCTAssertEqual(r.stderrLines.count, 1, r.stderr, file: file, line: line)
+        XCTAssertTrue(r.stderr.contains(needle), "expected '\(needle)' in: \(r.stderr)", file: file, line: line)
+        XCTAssertEqual(r.stdout, "", file: file, line: line)
+    }
+
+    var null: String { Harness.probe("null") }
+
+    func testMissingEmptyAndRandomKernels() throws {
+        try expectUsageError(["--kernel", "/nonexistent/vmlinux"], "/nonexistent/vmlinux: No such file")
+        try expectUsageError(["--kernel", Harness.temporaryFile("empty", [])], "empty file")
+        var g = SystemRandomNumberGenerator()
+        let random = (0..<65536).map { _ in UInt8.random(in: 0...255, using: &g) }
+        try expectUsageError(["--kernel", Harness.temporaryFile("random", random)], "not an ELF or bzImage")
+        try expectUsageError(["--kernel", "/tmp"], "not a regular file")
+    }
+
+    func testBrokenElfs() throws {
+        let elf = [UInt8](try Data(contentsOf: URL(fileURLWithPath: null)))
+        try expectUsageError(["--kernel", Harness.temporaryFile("cut.elf", Array(elf.prefix(100)))], "cut short")
+        try expectUsageError(["--kernel", Harness.temporaryFile("cut2.elf", Array(elf.prefix(40)))], "cut short")
+        var far = elf
+        let paddr = 64 + 24 // first program header's p_paddr
+        withUnsafeBytes(of: UInt64(0x4000_0000).littleEndian) { for (i, b) in $0.enumerated() { far[paddr + i] = b } }
+        try expectUsageError(["--kernel", Harness.temporaryFile("far.elf", far), "--memory", "64"], "outside guest memory")
+    }
+
+    func testBrokenBzImages() throws {
+        let bz = [UInt8](try Data(contentsOf: URL(fileURLWithPath: try Harness.kernelDirectory() + "/bzImage")))
+        var badFlag = bz
+        badFlag[0x1fe] = 0
+        try expectUsageError(["--kernel", Harness.temporaryFile("flag.bz", badFlag)], "boot flag")
+        var badMagic = bz
+        badMagic[0x205] = UInt8(ascii: "X")
+        try expectUsageError(["--kernel", Harness.temporaryFile("magic.bz", badMagic)], "bad magic")
+        var old = bz
+        old[0x206] = 0x09; old[0x207] = 0x02
+        try expectUsageError(["--kernel", Harness.temporaryFile("old.bz", old)], "boot protocol 2.09 is older than 2.10")
+        try expectUsageError(["--kernel", Harness.temporaryFile("cut.bz", Array(bz.prefix(bz.count / 2)))], "cut short")
+    }
+
+    func testInitrdLargerThanGuestMemory() throws {
+        let path = try Harness.temporaryFile("big.initrd", [])
+        XCTAssertEqual(truncate(path, 40 << 20), 0)
+        try expectUsageError(["--kernel", null, "--initrd", path, "--memory", "32"], "does not fit in guest memory")
+        XCTAssertEqual(truncate(path, 30 << 20), 0) // smaller than memory, no room beside the kernel's floor
+        try expectUsageError(["--kernel", null, "--initrd", path, "--memory", "31"], "does not fit in guest memory")
+    }
+
+    func testMemoryAndCPUCounts() throws {
+        try expectUsageError(["--kernel", null, "--memory", "0"], "--memory 0")
+        try expectUsageError(["--kernel", null, "--memory", "100000000"], "more than this host has")
+        try expectUsageError(["--kernel", null, "--memory", "lots"], "not a number")
+        try expectUsageError(["--kernel", null, "--cpus", "0"], "--cpus 0")
+        try expectUsageError(["--kernel", null, "--cpus", "255"], "--cpus 255")
+        try expectUsageError(["--kernel", null, "--cpu-template", "nehalem"], "unknown")
+        try expectUsageError(["--kernel", null, "--bogus"], "unknown option --bogus")
+    }
+
+    func testCommandLineLongerThanTheKernelAccepts() throws {
+        try expectUsageError(["--kernel", null, "--cmdline", String(repeating: "a", count: 3000)], "accepts at most 2048")
+    }
+
+    func testKVMDeviceMissingOrNotPermitted() throws {
+        try expectUsageError(["--kernel", null], "/nonexistent/kvm: No such file", environment: ["SKIFF_KVM_DEVICE": "/nonexistent/kvm"])
+        // As an unprivileged user /dev/kvm (0600 root) is not permitted.
+        let r = try Harness.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", Harness.skiff, "run", "--kernel", null])
+        if geteuid() != 0 { throw XCTSkip("needs root to drop privileges") }
+        let kvmMode = (try FileManager.default.attributesOfItem(atPath: "/dev/kvm")[.posixPermissions] as? Int) ?? 0
+        if kvmMode & 0o006 != 0 { throw XCTSkip("/dev/kvm is open to everyone here") }
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertEqual(r.stderrLines.count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("Permission denied"), r.stderr)
+    }
+
+    func testUnknownCommand() throws {
+        let r = try Harness.skiff(["launch"])
+        XCTAssertEqual(r.status, 2)
+        XCTAssertEqual(r.stderrLines.count, 1, r.stderr)
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import XCTest
+
+/// Tier 1 (PLATFORM.md): tiny guests that run natively here, in milliseconds.
+final class ProbeGuestTests: XCTestCase {
+    func testNullProbePrintsMarkerAndResets() throws {
+        let r = try Harness.skiff(["run", "--kernel", Harness.probe("null")])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "SKIFF-PROBE-OK\n")
+        XCTAssertEqual(r.stderr, "")
+    }
+
+    func testRAMAtTheTopOfA3GiBGuestAcrossTheHole() throws {
+        let r = try Harness.skiff(["run", "--kernel", Harness.probe("memtop"), "--memory", "3072"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        // 2 GiB below the hole, 1 GiB above 4 GiB: RAM ends at 5 GiB.
+        XCTAssertEqual(r.stdout, "MEMTOP 0000000140000000 OK\n")
+    }
+
+    func testFourVcpusStartAndReportTheirAPICIDs() throws {
+        let r = try Harness.skiff(["run", "--kernel", Harness.probe("smp"), "--cpus", "4"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let ids = Set(r.stdout.split(separator: "\n").filter { $0.hasPrefix("apic-id ") })
+        XCTAssertEqual(ids, ["apic-id 00", "apic-id 01", "apic-id 02", "apic-id 03"], r.stdout)
+        XCTAssertTrue(r.stdout.hasSuffix("cpus-up 04\n"), r.stdout)
+    }
+
+    func testEmulationFailureStopsWithOneLineAndStatus1() throws {
+        let r = try Harness.skiff(["run", "--kernel", Harness.probe("emulation-failure"), "--cpu-template", "pvm"])
+        guard FileManager.default.fileExists(atPath: "/sys/module/kvm_pvm") else {
+            // On VMX/SVM hosts popcnt simply runs and the probe resets.
+            XCTAssertEqual(r.status, 0, r.stderr); return
+        }
+        XCTAssertEqual(r.status, 1)
+        XCTAssertFalse(r.signaled)
+        XCTAssertEqual(r.stderrLines.count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("emulation failure on vCPU 0"), r.stderr)
+        XCTAssertEqual(r.stdout, "BEFORE-POPCNT\n")
+    }
+
+    func testTripleFaultStopsTheVM() throws {
+        let r = try Harness.skiff(["run", "--kernel", Harness.probe("triple-fault")])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "BEFORE-TRIPLE-FAULT\n")
+        XCTAssertTrue(r.stderr.contains("triple-faulted"), r.stderr)
+    }
+}
+
+/// A guest is an attacker from its first instruction.
+final class HostileGuestTests: XCTestCase {
+    func testGarbageToEveryPortAndMMIOLeavesSkiffAlive() throws {
+        let s = try Session(Harness.skiff, ["run", "--kernel", Harness.probe("hostile-io")])
+        XCTAssertTrue(s.waitFor("HOSTILE-DONE", timeout: 120), "probe did not finish: \(s.stdout.suffix(200))")
+        XCTAssertTrue(s.process.isRunning, "skiff died: \(s.stderr)")
+        let t0 = Date()
+        s.signal(SIGTERM)
+        let r = s.wait(timeout: 5)
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 2)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertFalse(r.signaled)
+        XCTAssertTrue(r.stderr.contains("SIGTERM"), r.stderr)
+    }
+
+    func testExitStormFor10SecondsLeavesSkiffServing() throws {
+        let s = try Session(Harness.skiff, ["run", "--kernel", Harness.probe("exit-storm")])
+        sleep(8)
+        let before = s.stdout.count
+        sleep(2)
+        let after = s.stdout.count
+        XCTAssertTrue(s.process.isRunning, "skiff died: \(s.stderr)")
+        XCTAssertGreaterThan(after, before, "no progress in the last 2 s: the guest's exits are not being served")
+        let t0 = Date()
+        s.signal(SIGTERM)
+        let r = s.wait(timeout: 5)
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 2)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertFalse(r.signaled)
+    }
+}
