@@ -1,3 +1,4 @@
+import CKVM
 import Glibc
 import KVM
 
@@ -33,13 +34,11 @@ public enum HostFiles {
         return bytes
     }
 
-    /// MemTotal from /proc/meminfo, in MiB.
+    /// The host's RAM in MiB (sysinfo(2): no text parsing, which would pull
+    /// the stdlib's Unicode tables into the per-VM process).
     public static func hostMemoryMiB() -> UInt64 {
-        guard let text = try? read("/proc/meminfo", what: "meminfo", limit: 1 << 20) else { return 0 }
-        for line in String(decoding: text, as: UTF8.self).split(separator: "\n") where line.hasPrefix("MemTotal:") {
-            let kib = line.split(separator: " ").dropFirst().first.flatMap { UInt64($0) } ?? 0
-            return kib / 1024
-        }
-        return 0
+        var info = sysinfo()
+        guard sysinfo(&info) == 0 else { return 0 }
+        return (UInt64(info.totalram) * UInt64(info.mem_unit)) >> 20
     }
 }

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/sysinfo.h>
 
 static const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
 static const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
