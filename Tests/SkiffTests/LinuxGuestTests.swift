@@ -54,4 +54,20 @@ final class LinuxGuestTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("skiff guest: Linux 6.1.192-skiff, 1 CPU(s)"), r.stdout.suffix(500).description)
         XCTAssertTrue(r.stdout.contains("1\r\n/bin/busybox\r\nskiff: exit 0"), r.stdout.suffix(500).description)
     }
+
+    /// The bzImage path: boot protocol header, zero page, 64-bit entry; the
+    /// kernel's own decompressor then runs (about two minutes of emulated
+    /// CPL0 code on PVM hosts) and hands over to the kernel proper.
+    func testBzImageBootsThroughItsDecompressor() throws {
+        let dir = try Harness.kernelDirectory()
+        let s = try Session(Harness.skiff, ["run", "--kernel", dir + "/bzImage",
+                                           "--cmdline", "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1"])
+        defer { if s.process.isRunning { s.signal(SIGKILL) } }
+        XCTAssertTrue(s.waitFor("Decompressing Linux", timeout: 30), s.stdout.suffix(300).description + s.stderr)
+        XCTAssertTrue(s.waitFor("Linux version 6.1.192-skiff", timeout: Self.bootTimeout), s.stdout.suffix(300).description + s.stderr)
+        XCTAssertTrue(s.stdout.contains("BIOS-e820: [mem 0x0000000000100000-0x0000000007ffffff] usable"), "e820 from the zero page")
+        s.signal(SIGTERM)
+        let r = s.wait(timeout: 10)
+        XCTAssertEqual(r.status, 0, r.stderr)
+    }
 }
