@@ -16,7 +16,7 @@ let package = Package(
         .target(name: "CKVM"),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "Machine", dependencies: ["KVM"]),
-        .target(name: "Devices", dependencies: ["Machine"]),
+        .target(name: "Devices", dependencies: ["Machine", "CKVM"]),
         .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM"]),
         .target(name: "Appliance"),
         .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance"]),

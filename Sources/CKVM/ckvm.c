@@ -1,3 +1,5 @@
+#define _GNU_SOURCE
+#include <fcntl.h>
 #include "CKVM.h"
 #include <pthread.h>
 #include <string.h>
@@ -18,4 +20,10 @@ int ckvm_thread_block_signal(int signo, int block) {
     sigemptyset(&set);
     sigaddset(&set, signo);
     return pthread_sigmask(block ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
+}
+
+int ckvm_o_direct(void) { return O_DIRECT; }
+
+int ckvm_fallocate(int fd, int mode, off_t offset, off_t length) {
+    return fallocate(fd, mode, offset, length);
 }

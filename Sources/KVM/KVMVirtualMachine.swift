@@ -45,6 +45,26 @@ public final class KVMVirtualMachine: @unchecked Sendable {
         _ = try check("KVM_IRQ_LINE \(irq)", ckvm_ioctl_ptr(fd, CKVM_IRQ_LINE, &level))
     }
 
+    /// Writes to `eventfd` raise interrupt line `gsi` (an edge) in the kernel.
+    public func registerIRQFD(_ eventfd: Int32, gsi: UInt32) throws {
+        var irqfd = kvm_irqfd()
+        irqfd.fd = UInt32(bitPattern: eventfd)
+        irqfd.gsi = gsi
+        _ = try check("KVM_IRQFD gsi \(gsi)", ckvm_ioctl_ptr(fd, CKVM_IRQFD, &irqfd))
+    }
+
+    /// A guest write of `value` (4 bytes) to MMIO `address` signals `eventfd`
+    /// inside the kernel, without an exit to Skiff.
+    public func registerIOEventFD(_ eventfd: Int32, mmioAddress address: UInt64, value: UInt32) throws {
+        var e = kvm_ioeventfd()
+        e.datamatch = UInt64(value)
+        e.addr = address
+        e.len = 4
+        e.fd = eventfd
+        e.flags = CKVM_IOEVENTFD_FLAG_DATAMATCH
+        _ = try check("KVM_IOEVENTFD 0x\(String(address, radix: 16))", ckvm_ioctl_ptr(fd, CKVM_IOEVENTFD, &e))
+    }
+
     public func createVcpu(id: UInt32) throws -> KVMVcpu {
         let vfd = try check("KVM_CREATE_VCPU \(id)", ckvm_ioctl_val(fd, CKVM_CREATE_VCPU, UInt(id)))
         let size = try system.vcpuMmapSize

@@ -1,3 +1,4 @@
+import Devices
 import Machine
 
 /// Everything `skiff run` needs to build one VM. Checked by `validate`
@@ -11,6 +12,10 @@ public struct VMConfiguration: Sendable {
     /// nil: chosen from the host (`CPUTemplate.automatic`).
     public var cpuTemplate: CPUTemplate?
     public var kvmPath = "/dev/kvm"
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    public var disks: [Block.Options] = []
+    /// A virtio-rng entropy device.
+    public var rng = false
 
     public static let maxCpus = 254 // APIC IDs 0..253, the IOAPIC takes the next
     public static let minimumMemoryMiB: UInt64 = 2
@@ -28,6 +33,9 @@ public struct VMConfiguration: Sendable {
         }
         guard memoryMiB >= Self.minimumMemoryMiB else {
             throw ConfigurationError("--memory \(memoryMiB): must be at least \(Self.minimumMemoryMiB) MiB")
+        }
+        guard disks.count + (rng ? 1 : 0) <= X86Layout.virtioIRQs.count else {
+            throw ConfigurationError("too many virtio devices: at most \(X86Layout.virtioIRQs.count)")
         }
         guard memoryMiB <= hostMemoryMiB else {
             throw ConfigurationError("--memory \(memoryMiB): more than this host has (\(hostMemoryMiB) MiB)")

@@ -18,6 +18,8 @@ public final class VirtualMachine: @unchecked Sendable {
     let serial: Serial8250
     let io: Bus
     let mmio: Bus
+    /// The virtio devices, each behind its MMIO transport.
+    public let virtio: [MMIOTransport]
     let stopping = StopFlag()
     private let stopReason = Mutex<StopReason?>(nil)
     private let mainThread = pthread_self()
@@ -47,8 +49,36 @@ public final class VirtualMachine: @unchecked Sendable {
         try vm.createIRQChip()
         try vm.createPIT()
 
+        // virtio devices: a 4 KiB MMIO window and an interrupt line each,
+        // announced to Linux on its command line. Queue notifications reach
+        // the device thread through ioeventfds and interrupts leave it
+        // through irqfds: neither needs a vCPU to come out to Skiff.
+        var mmio = Bus()
+        var transports: [MMIOTransport] = []
+        var devices: [(any VirtioDevice, String)] = []
+        for (i, disk) in config.disks.enumerated() {
+            devices.append((try Block(disk), "virtio-blk \(disk.path) (vd\(Character(UnicodeScalar(UInt8(97 + i)))))"))
+        }
+        if config.rng { devices.append((Rng(), "virtio-rng")) }
+        var announcements: [String] = []
+        for (i, (device, name)) in devices.enumerated() {
+            let base = X86Layout.virtioMMIOBase + UInt64(i) * MMIOTransport.windowSize
+            let gsi = X86Layout.virtioIRQs[i]
+            let irq = try EventFD()
+            try vm.registerIRQFD(irq.fd, gsi: gsi)
+            let transport = try MMIOTransport(device: device, memory: memory, irq: irq, name: name)
+            for (q, notifier) in transport.notifiers.enumerated() {
+                try vm.registerIOEventFD(notifier.fd, mmioAddress: base + 0x50, value: UInt32(q))
+            }
+            try mmio.attach(transport, at: base, length: MMIOTransport.windowSize)
+            transports.append(transport)
+            announcements.append("virtio_mmio.device=4K@0x\(String(base, radix: 16)):\(gsi)")
+        }
+        virtio = transports
+        self.mmio = mmio
+
         let template = config.cpuTemplate ?? CPUTemplate.automatic()
-        let commandLine = [config.commandLine, template.linuxCommandLine].filter { !$0.isEmpty }.joined(separator: " ")
+        let commandLine = ([config.commandLine, template.linuxCommandLine] + announcements).filter { !$0.isEmpty }.joined(separator: " ")
         let boot = try BootSetup.prepare(memory: memory, kernel: kernel, initrd: initrd,
                                          commandLine: commandLine, cpus: config.cpus)
 
@@ -60,7 +90,6 @@ public final class VirtualMachine: @unchecked Sendable {
         try io.attach(I8042(onReset: { stopHandle.stop(.reset("i8042")) }), at: 0x60, length: 5)
         try io.attach(CMOS(), at: 0x70, length: 2)
         self.io = io
-        mmio = Bus()
 
         // vCPUs: CPUID and MSRs for all; the boot CPU gets the entry state,
         // the others wait for INIT/SIPI from the guest.
@@ -119,6 +148,7 @@ public final class VirtualMachine: @unchecked Sendable {
         stopping.set()
         for (loop, thread) in zip(loops, threads) { loop.kick(thread) }
         for thread in threads { thread.join() }
+        for transport in virtio { transport.device.reset() } // stop device threads
         console?.restoreTerminal()
         return stopReason.withLock { $0 } ?? .kvmError("stopped without a reason")
     }

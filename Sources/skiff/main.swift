@@ -1,6 +1,7 @@
 // skiff: the command line. `skiff run` is the per-VM process: it links no
 // Foundation and parses its few options by hand for that reason.
 import Appliance
+import Devices
 import Glibc
 import KVM
 import Machine
@@ -9,6 +10,7 @@ import VMM
 let usage = """
 usage: skiff run [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--cpus N]
                  [--memory MIB] [--cpu-template host|pvm]
+                 [--disk PATH[,ro][,id=NAME][,direct]]... [--rng]
        skiff kernel build|path     build (if needed) and print the default kernel
        skiff initramfs path        build (if needed) and print the default initramfs
 
@@ -33,6 +35,8 @@ struct RunOptions {
     var cpus = 1
     var memoryMiB: UInt64 = 128
     var template: CPUTemplate?
+    var disks: [Block.Options] = []
+    var rng = false
 
     init(_ args: ArraySlice<String>) throws(ConfigurationError) {
         var it = args.makeIterator()
@@ -41,6 +45,7 @@ struct RunOptions {
             return v
         }
         while let arg = it.next() {
+            if arg == "--rng" { rng = true; continue }
             var flag = arg, inline: String?
             if let eq = arg.firstIndex(of: "="), arg.hasPrefix("--") {
                 flag = String(arg[..<eq]); inline = String(arg[arg.index(after: eq)...])
@@ -67,9 +72,26 @@ struct RunOptions {
                     throw ConfigurationError("--cpu-template \(s): unknown (known: \(CPUTemplate.allCases.map(\.rawValue).joined(separator: ", ")))")
                 }
                 template = t
+            case "--disk": disks.append(try Self.disk(try v()))
             default: throw ConfigurationError("unknown option \(arg) (see skiff --help)")
             }
         }
+    }
+}
+
+extension RunOptions {
+    /// PATH[,ro][,id=NAME][,direct]
+    static func disk(_ spec: String) throws(ConfigurationError) -> Block.Options {
+        let parts = spec.utf8.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).map { String(Substring($0)) }
+        guard let path = parts.first, !path.isEmpty else { throw ConfigurationError("--disk \(spec): no path") }
+        var options = Block.Options(path: path)
+        for p in parts.dropFirst() {
+            if p == "ro" { options.readOnly = true }
+            else if p == "direct" { options.direct = true }
+            else if p.hasPrefix("id=") { options.id = String(p.dropFirst(3)) }
+            else { throw ConfigurationError("--disk \(spec): unknown option '\(p)' (ro, id=NAME, direct)") }
+        }
+        return options
     }
 }
 
@@ -90,6 +112,8 @@ func run(_ args: ArraySlice<String>) -> Never {
     config.cpus = options.cpus
     config.memoryMiB = options.memoryMiB
     config.cpuTemplate = options.template
+    config.disks = options.disks
+    config.rng = options.rng
     if let device = getenv("SKIFF_KVM_DEVICE") { config.kvmPath = String(cString: device) }
 
     do {
@@ -108,6 +132,8 @@ func run(_ args: ArraySlice<String>) -> Never {
     } catch let e as BootError {
         fail(e.description, status: 2)
     } catch let e as KVMUnavailable {
+        fail(e.description, status: 2)
+    } catch let e as BlockError {
         fail(e.description, status: 2)
     } catch {
         fail("\(error)", status: 1)

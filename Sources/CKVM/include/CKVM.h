@@ -9,6 +9,10 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/sysinfo.h>
+#include <sys/eventfd.h>
+#include <sys/types.h>
+#include <linux/falloc.h>
+#include <sys/random.h>
 
 static const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
 static const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
@@ -25,6 +29,11 @@ static const unsigned long CKVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
 static const unsigned long CKVM_CREATE_PIT2 = KVM_CREATE_PIT2;
 static const unsigned long CKVM_IRQ_LINE = KVM_IRQ_LINE;
 static const unsigned long CKVM_SET_BOOT_CPU_ID = KVM_SET_BOOT_CPU_ID;
+static const unsigned long CKVM_IRQFD = KVM_IRQFD;
+static const unsigned long CKVM_IOEVENTFD = KVM_IOEVENTFD;
+static const uint32_t CKVM_IOEVENTFD_FLAG_DATAMATCH = KVM_IOEVENTFD_FLAG_DATAMATCH;
+static const int CKVM_CAP_IOEVENTFD = KVM_CAP_IOEVENTFD;
+static const int CKVM_CAP_IRQFD = KVM_CAP_IRQFD;
 
 static const unsigned long CKVM_RUN = KVM_RUN;
 static const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
@@ -81,6 +90,24 @@ static inline void ckvm_set_immediate_exit(struct kvm_run *run, uint8_t v) {
 // computed properties, which copy; devices need the bytes in place).
 static inline uint8_t *ckvm_mmio_data(struct kvm_run *r) { return r->mmio.data; }
 static inline uint32_t ckvm_system_event_type(struct kvm_run *r) { return r->system_event.type; }
+
+// Loads and stores of virtqueue indices in guest memory, which the guest
+// writes concurrently: acquire/release so ring contents are ordered with
+// the index, and a full fence for the EVENT_IDX handshake.
+static inline uint16_t ckvm_load_acquire_u16(const void *p) {
+    return __atomic_load_n((const uint16_t *)p, __ATOMIC_ACQUIRE);
+}
+static inline void ckvm_store_release_u16(void *p, uint16_t v) {
+    __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELEASE);
+}
+static inline void ckvm_full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+// File operations glibc only declares under _GNU_SOURCE (set in ckvm.c).
+static const int CKVM_FALLOC_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE;
+static const int CKVM_FALLOC_KEEP_SIZE = FALLOC_FL_KEEP_SIZE;
+static const int CKVM_FALLOC_ZERO_RANGE = FALLOC_FL_ZERO_RANGE;
+int ckvm_o_direct(void);
+int ckvm_fallocate(int fd, int mode, off_t offset, off_t length);
 
 // Installs a handler that does nothing, without SA_RESTART, so that a
 // signal aimed at a vCPU thread makes KVM_RUN return with EINTR.

@@ -4,7 +4,8 @@
 public enum MPTable {
     public static let ioapicVersion: UInt8 = 0x11
     public static let lapicVersion: UInt8 = 0x14
-    static let isaIRQs = 16
+    /// Every IOAPIC pin is listed, as Firecracker does: virtio-mmio devices use 5-23.
+    public static let ioapicPins = 24
 
     /// Bytes to place at `address`: floating pointer, then the table.
     public static func build(cpus: Int, at address: UInt64) -> [UInt8] {
@@ -18,7 +19,7 @@ public enum MPTable {
         table += [1, 0] + Array("ISA   ".utf8); entries += 1
         let ioapicID = UInt8(cpus)
         table += [2, ioapicID, ioapicVersion, 1] + le32(UInt32(X86Layout.ioapicAddress)); entries += 1
-        for irq in 0..<isaIRQs {
+        for irq in 0..<ioapicPins {
             table += [3, 0 /* INT */, 0, 0, 0 /* bus */, UInt8(irq), ioapicID, UInt8(irq)]; entries += 1
         }
         table += [4, 3 /* ExtINT */, 0, 0, 0, 0, 0xff, 0]; entries += 1

@@ -37,6 +37,10 @@ public enum X86Layout {
     public static let fourGiB: UInt64 = 0x1_0000_0000
     public static let ioapicAddress: UInt64 = 0xfec0_0000
     public static let lapicAddress: UInt64 = 0xfee0_0000
+    /// virtio-mmio devices: one 4 KiB window each from here, in the hole.
+    public static let virtioMMIOBase: UInt64 = 0xd000_0000
+    /// Their interrupt lines: the ISA IRQs nothing else uses, then 16-23.
+    public static let virtioIRQs: [UInt32] = [5, 6, 7, 9, 10, 11, 12, 13, 14, 15] + Array(16...23)
     /// KVM's real-mode TSS (three pages) and identity-map page, just below the BIOS.
     public static let kvmTSS: UInt64 = 0xfffb_d000
 

@@ -1,0 +1,197 @@
+import CKVM
+import Glibc
+import Machine
+import Synchronization
+
+/// virtio-blk over a raw image file: read, write, flush, get-ID, discard
+/// and write-zeroes; read-only or read-write; optionally O_DIRECT. Requests
+/// are served on the device's own thread, never on a vCPU.
+public final class Block: VirtioDevice {
+    public struct Options: Sendable {
+        public var path: String
+        public var readOnly = false
+        public var id: String?
+        public var direct = false
+        public init(path: String) { self.path = path }
+    }
+
+    enum Feature {
+        static let sizeMax: UInt64 = 1 << 1, segMax: UInt64 = 1 << 2, readOnly: UInt64 = 1 << 5
+        static let blockSize: UInt64 = 1 << 6, flush: UInt64 = 1 << 9
+        static let discard: UInt64 = 1 << 13, writeZeroes: UInt64 = 1 << 14
+    }
+    public static let queueSize: UInt16 = 256
+    static let maxDiscardSectors: UInt32 = 1 << 22
+
+    public let type = VirtioDeviceType.block
+    public let options: Options
+    public let capacitySectors: UInt64
+    let fd: Int32
+    let config: [UInt8]
+    private let worker = Mutex<QueueWorker?>(nil)
+
+    public init(_ options: Options) throws(BlockError) {
+        self.options = options
+        var flags = (options.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
+        if options.direct { flags |= ckvm_o_direct() }
+        let fd = open(options.path, flags)
+        guard fd >= 0 else { throw BlockError("disk \(options.path): \(String(cString: strerror(errno)))") }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG || st.st_mode & S_IFMT == S_IFBLK else {
+            close(fd)
+            throw BlockError("disk \(options.path): not a regular file or block device")
+        }
+        var size = UInt64(st.st_size)
+        if st.st_mode & S_IFMT == S_IFBLK { size = UInt64(lseek(fd, 0, SEEK_END)) }
+        self.fd = fd
+        capacitySectors = size / BlockRequest.sectorSize
+        if let id = options.id, id.utf8.count > BlockRequest.idLength {
+            close(fd)
+            throw BlockError("disk \(options.path): id '\(id)' is longer than \(BlockRequest.idLength) bytes")
+        }
+        var c = [UInt8](repeating: 0, count: 0x3c)
+        func put<T: FixedWidthInteger>(_ v: T, _ at: Int) { withUnsafeBytes(of: v.littleEndian) { for (i, b) in $0.enumerated() { c[at + i] = b } } }
+        put(capacitySectors, 0x00)
+        put(UInt32(1 << 20), 0x08)                     // size_max
+        put(UInt32(Self.queueSize - 2), 0x0c)          // seg_max
+        put(UInt32(512), 0x14)                         // blk_size
+        put(Self.maxDiscardSectors, 0x24)              // max_discard_sectors
+        put(UInt32(1), 0x28)                           // max_discard_seg
+        put(UInt32(1), 0x2c)                           // discard_sector_alignment
+        put(Self.maxDiscardSectors, 0x30)              // max_write_zeroes_sectors
+        put(UInt32(1), 0x34)                           // max_write_zeroes_seg
+        c[0x38] = 1                                    // write_zeroes_may_unmap
+        config = c
+    }
+
+    deinit { close(fd) }
+
+    public var features: UInt64 {
+        var f = Feature.sizeMax | Feature.segMax | Feature.blockSize | Feature.flush
+        f |= options.readOnly ? Feature.readOnly : Feature.discard | Feature.writeZeroes
+        return f
+    }
+
+    public var queueSizes: [UInt16] { [Self.queueSize] }
+
+    public func readConfig(offset: Int, into data: UnsafeMutableRawBufferPointer) {
+        for i in data.indices { data[i] = offset + i < config.count && offset >= 0 ? config[offset + i] : 0 }
+    }
+
+    public func writeConfig(offset: Int, data: UnsafeRawBufferPointer) {} // nothing writable
+
+    public func activate(_ context: VirtioContext) throws {
+        let queue = context.queues[0]
+        let w = try QueueWorker(name: "virtio-blk", context: context) { [self] _, _ throws(QueueError) in
+            var any = false
+            while let chain = try queue.pop() {
+                queue.push(head: chain.head, written: serve(chain, memory: context.memory))
+                any = true
+            }
+            if any && queue.needsInterrupt() { context.signals.usedBuffers() }
+        }
+        worker.withLock { $0 = w }
+    }
+
+    public func reset() {
+        let w = worker.withLock { w -> QueueWorker? in defer { w = nil }; return w }
+        w?.shutdown()
+    }
+
+    /// Serves one request; returns the bytes written to the chain.
+    func serve(_ chain: DescriptorChain, memory: GuestMemory) -> UInt32 {
+        let readable = ChainIO(memory: memory, buffers: chain.readable)
+        let writable = ChainIO(memory: memory, buffers: chain.writable)
+        let request: BlockRequest
+        do {
+            request = try BlockRequest.parse(header: readable.read(offset: 0, count: Int(BlockRequest.headerSize)),
+                                             readableLength: readable.length, writableLength: writable.length)
+        } catch {
+            // No status byte to report in, or no header: return the chain unused.
+            return 0
+        }
+        var written: UInt64 = 0
+        let status = perform(request, readable: readable, writable: writable, written: &written)
+        writable.write([status.rawValue], offset: writable.length - 1)
+        return UInt32(truncatingIfNeeded: written + 1)
+    }
+
+    func perform(_ r: BlockRequest, readable: ChainIO, writable: ChainIO, written: inout UInt64) -> BlockRequest.Status {
+        guard let kind = r.kind else { return .unsupported }
+        switch kind {
+        case .read:
+            guard r.fits(capacitySectors: capacitySectors) else { return .ioError }
+            var position = off_t(r.sector * BlockRequest.sectorSize)
+            var ok = true
+            writable.visit(offset: 0, count: r.dataLength) { p, n in
+                guard ok else { return }
+                ok = fullIO(n) { done in pread(fd, p + done, n - done, position + off_t(done)) }
+                position += off_t(n)
+            }
+            if ok { written = r.dataLength }
+            return ok ? .ok : .ioError
+        case .write:
+            guard !options.readOnly else { return .ioError }
+            guard r.fits(capacitySectors: capacitySectors) else { return .ioError }
+            var position = off_t(r.sector * BlockRequest.sectorSize)
+            var ok = true
+            readable.visit(offset: BlockRequest.headerSize, count: r.dataLength) { p, n in
+                guard ok else { return }
+                ok = fullIO(n) { done in pwrite(fd, p + done, n - done, position + off_t(done)) }
+                position += off_t(n)
+            }
+            return ok ? .ok : .ioError
+        case .flush:
+            return fdatasync(fd) == 0 ? .ok : .ioError
+        case .getID:
+            var id = Array((options.id ?? "").utf8.prefix(BlockRequest.idLength))
+            id += [UInt8](repeating: 0, count: BlockRequest.idLength - id.count)
+            written = UInt64(writable.write(Array(id.prefix(Int(min(r.dataLength, UInt64(BlockRequest.idLength))))), offset: 0))
+            return .ok
+        case .discard, .writeZeroes:
+            guard !options.readOnly else { return .ioError }
+            let segments = BlockRequest.segments(readable.read(offset: BlockRequest.headerSize, count: Int(min(r.dataLength, 4096))))
+            guard !segments.isEmpty else { return .ioError }
+            for s in segments {
+                guard s.sector <= capacitySectors, UInt64(s.count) <= capacitySectors - s.sector,
+                      s.count <= Self.maxDiscardSectors else { return .ioError }
+                let start = off_t(s.sector * BlockRequest.sectorSize), length = off_t(UInt64(s.count) * BlockRequest.sectorSize)
+                let mode = kind == .discard || s.flags & 1 != 0 ? CKVM_FALLOC_PUNCH_HOLE | CKVM_FALLOC_KEEP_SIZE : CKVM_FALLOC_ZERO_RANGE
+                if ckvm_fallocate(fd, mode, start, length) != 0 {
+                    // Discard is advisory; write-zeroes must zero, by hand if need be.
+                    if kind == .writeZeroes && !writeZeroes(at: start, length: length) { return .ioError }
+                }
+            }
+            return .ok
+        }
+    }
+
+    func writeZeroes(at start: off_t, length: off_t) -> Bool {
+        let zeros = [UInt8](repeating: 0, count: 1 << 16)
+        var done: off_t = 0
+        while done < length {
+            let n = Int(min(off_t(zeros.count), length - done))
+            guard zeros.withUnsafeBytes({ z in fullIO(n) { d in pwrite(fd, z.baseAddress! + d, n - d, start + done + off_t(d)) } }) else { return false }
+            done += off_t(n)
+        }
+        return true
+    }
+}
+
+/// Repeats a read or write until `count` bytes are done; false on an error or end of file.
+@inline(__always)
+func fullIO(_ count: Int, _ op: (Int) -> Int) -> Bool {
+    var done = 0
+    while done < count {
+        let n = op(done)
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { return false }
+        done += n
+    }
+    return true
+}
+
+public struct BlockError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ d: String) { description = d }
+}

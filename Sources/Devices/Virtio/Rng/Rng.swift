@@ -1,0 +1,48 @@
+import CKVM
+import Glibc
+import Machine
+import Synchronization
+
+/// virtio-rng (entropy device): fills each device-writable buffer from the
+/// host's getrandom(2), at most 64 KiB a request.
+public final class Rng: VirtioDevice {
+    public let type = VirtioDeviceType.rng
+    public let features: UInt64 = 0
+    public let queueSizes: [UInt16] = [256]
+    static let maxPerRequest = 1 << 16
+    private let worker = Mutex<QueueWorker?>(nil)
+
+    public init() {}
+
+    public func readConfig(offset: Int, into data: UnsafeMutableRawBufferPointer) { for i in data.indices { data[i] = 0 } }
+    public func writeConfig(offset: Int, data: UnsafeRawBufferPointer) {}
+
+    public func activate(_ context: VirtioContext) throws {
+        let queue = context.queues[0]
+        let w = try QueueWorker(name: "virtio-rng", context: context) { _, _ throws(QueueError) in
+            var any = false
+            while let chain = try queue.pop() {
+                let io = ChainIO(memory: context.memory, buffers: chain.writable)
+                var written = 0
+                io.visit(offset: 0, count: min(io.length, UInt64(Self.maxPerRequest))) { p, n in
+                    var done = 0
+                    while done < n {
+                        let r = getrandom(p + done, n - done, 0)
+                        if r < 0 { if errno == EINTR { continue }; break }
+                        done += r
+                    }
+                    written += done
+                }
+                queue.push(head: chain.head, written: UInt32(written))
+                any = true
+            }
+            if any && queue.needsInterrupt() { context.signals.usedBuffers() }
+        }
+        worker.withLock { $0 = w }
+    }
+
+    public func reset() {
+        let w = worker.withLock { w -> QueueWorker? in defer { w = nil }; return w }
+        w?.shutdown()
+    }
+}

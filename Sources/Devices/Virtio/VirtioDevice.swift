@@ -1,0 +1,120 @@
+import Glibc
+import Machine
+import Synchronization
+
+/// Device types (virtio 1.2, 5).
+public enum VirtioDeviceType: UInt32, Sendable {
+    case net = 1, block = 2, rng = 4, balloon = 5, vsock = 19
+}
+
+/// Feature bits every Skiff device offers (virtio 1.2, 6).
+public enum VirtioFeature {
+    public static let indirectDescriptors: UInt64 = 1 << 28
+    public static let eventIndex: UInt64 = 1 << 29
+    public static let version1: UInt64 = 1 << 32
+    public static let transport = indirectDescriptors | eventIndex | version1
+}
+
+/// What a device model implements; the transport does the rest.
+public protocol VirtioDevice: AnyObject, Sendable {
+    var type: VirtioDeviceType { get }
+    /// Device-specific feature bits (the transport adds its own).
+    var features: UInt64 { get }
+    /// One entry per queue: its largest size.
+    var queueSizes: [UInt16] { get }
+    /// Device configuration space, read and written at byte offsets.
+    func readConfig(offset: Int, into data: UnsafeMutableRawBufferPointer)
+    func writeConfig(offset: Int, data: UnsafeRawBufferPointer)
+    /// Called once the driver sets DRIVER_OK with valid queues; starts the
+    /// device's work (its own thread). A throw marks the device broken.
+    func activate(_ context: VirtioContext) throws
+    /// Stops the device's work and forgets the queues (status written 0).
+    func reset()
+}
+
+/// Lets a device raise interrupts and report a misbehaving driver without
+/// touching the transport's lock: both are atomics the transport reads.
+public final class VirtioSignals: Sendable {
+    static let usedBuffer: UInt32 = 1, configChange: UInt32 = 2
+    let interruptStatus = Atomic<UInt32>(0)
+    let needsReset = Atomic<Bool>(false)
+    let irq: EventFD
+    let name: String
+
+    init(irq: EventFD, name: String) {
+        self.irq = irq
+        self.name = name
+    }
+
+    public func usedBuffers() {
+        interruptStatus.bitwiseOr(Self.usedBuffer, ordering: .sequentiallyConsistent)
+        irq.signal()
+    }
+
+    /// The driver broke the rules: DEVICE_NEEDS_RESET and a config-change
+    /// interrupt (virtio 1.2, 2.1.2). Logged once per device.
+    public func broken(_ why: String) {
+        if !needsReset.exchange(true, ordering: .sequentiallyConsistent) {
+            var line = Array("skiff: \(name): \(why); device needs reset\n".utf8)
+            _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+        }
+        interruptStatus.bitwiseOr(Self.configChange, ordering: .sequentiallyConsistent)
+        irq.signal()
+    }
+}
+
+/// What an activated device works with.
+public struct VirtioContext: Sendable {
+    public let memory: GuestMemory
+    public let queues: [VirtQueue]
+    /// One per queue: signalled when the driver notifies that queue.
+    public let notifiers: [EventFD]
+    public let signals: VirtioSignals
+    public let features: UInt64
+}
+
+/// A device's worker thread: waits for queue notifications (or its stop
+/// signal) and hands each notified queue to the device. A `QueueError`
+/// from the handler breaks the device; the thread then idles until reset.
+public final class QueueWorker: @unchecked Sendable {
+    private let stop: EventFD
+    private var thread: HostThread?
+
+    public init(name: String, context: VirtioContext, extraFDs: [Int32] = [],
+                handle: @escaping @Sendable (_ queue: Int, _ readyFD: Int32?) throws(QueueError) -> Void) throws {
+        let stop = try EventFD()
+        self.stop = stop
+        let notifierFDs = context.notifiers.map(\.fd)
+        thread = try HostThread(name: name) {
+            var broken = false
+            while true {
+                // A broken device waits for its reset only: a readable
+                // backend it no longer serves would otherwise spin it.
+                let ready = Poller.wait(broken ? [stop.fd] : [stop.fd] + notifierFDs + extraFDs)
+                if ready.contains(stop.fd) { return }
+                for fd in ready {
+                    if let q = notifierFDs.firstIndex(of: fd) {
+                        context.notifiers[q].consume()
+                        guard !broken else { continue }
+                        do throws(QueueError) { try handle(q, nil) } catch {
+                            broken = true
+                            context.signals.broken("\(error)")
+                        }
+                    } else if !broken {
+                        do throws(QueueError) { try handle(-1, fd) } catch {
+                            broken = true
+                            context.signals.broken("\(error)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops the thread and waits for it.
+    public func shutdown() {
+        stop.signal()
+        thread?.join()
+        thread = nil
+    }
+}
