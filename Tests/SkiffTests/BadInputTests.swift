@@ -83,6 +83,13 @@ final class BadInputTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("Permission denied"), r.stderr)
     }
 
+    func testBadDisks() throws {
+        try expectUsageError(["--kernel", null, "--disk", "/nonexistent/disk.img"], "disk /nonexistent/disk.img: No such file")
+        try expectUsageError(["--kernel", null, "--disk", "/tmp"], "disk /tmp: Is a directory")
+        try expectUsageError(["--kernel", null, "--disk", null + ",bogus"], "unknown option 'bogus'")
+        try expectUsageError(["--kernel", null, "--disk", null + ",id=" + String(repeating: "x", count: 21)], "longer than 20 bytes")
+    }
+
     func testUnknownCommand() throws {
         let r = try Harness.skiff(["launch"])
         XCTAssertEqual(r.status, 2)

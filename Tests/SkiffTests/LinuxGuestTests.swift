@@ -71,4 +71,49 @@ final class LinuxGuestTests: XCTestCase {
         let r = s.wait(timeout: 10)
         XCTAssertEqual(r.status, 0, r.stderr)
     }
+
+    /// Skiff's kernel mounts an ext4 root (made by mke2fs from a folder)
+    /// from virtio-blk read-write, runs busybox from it, writes a file and
+    /// reboots; the host then sees the file, the mount counted, and a clean
+    /// filesystem.
+    func testExt4RootOnVirtioBlock() throws {
+        let dir = try Harness.kernelDirectory()
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("skiff-root-\(getpid())")
+        try? FileManager.default.removeItem(at: root)
+        for d in ["bin", "proc", "dev"] {
+            try FileManager.default.createDirectory(at: root.appendingPathComponent(d), withIntermediateDirectories: true)
+        }
+        try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: root.appendingPathComponent("bin/busybox").path)
+        try FileManager.default.createSymbolicLink(atPath: root.appendingPathComponent("bin/sh").path, withDestinationPath: "busybox")
+        let initScript = """
+        #!/bin/sh
+        /bin/busybox mount -t proc proc /proc
+        echo "root-init: $(/bin/busybox grep ' / ' /proc/mounts)"
+        echo written-by-guest > /hello
+        /bin/busybox sync
+        /bin/busybox reboot -f
+
+        """
+        let initPath = root.appendingPathComponent("init").path
+        try initScript.write(toFile: initPath, atomically: true, encoding: .utf8)
+        XCTAssertEqual(chmod(initPath, 0o755), 0)
+        let image = root.path + ".ext4"
+        try? FileManager.default.removeItem(atPath: image)
+        let mk = try Harness.run("/sbin/mke2fs", ["-q", "-t", "ext4", "-d", root.path, image, "64M"])
+        XCTAssertEqual(mk.status, 0, mk.stderr)
+        defer { try? FileManager.default.removeItem(at: root); try? FileManager.default.removeItem(atPath: image) }
+
+        let r = try Harness.skiff(["run", "--kernel", dir + "/vmlinux", "--disk", image,
+                                   "--cmdline", "console=ttyS0 reboot=k panic=-1 root=/dev/vda rw init=/init"], timeout: Self.bootTimeout)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("virtio_blk virtio0: [vda] 131072 512-byte logical blocks"), r.stdout.suffix(800).description)
+        XCTAssertTrue(r.stdout.contains("root-init: /dev/root / ext4 rw"), r.stdout.suffix(800).description)
+
+        let cat = try Harness.run("/sbin/debugfs", ["-R", "cat /hello", image])
+        XCTAssertEqual(cat.stdout, "written-by-guest\n", cat.stderr)
+        let header = try Harness.run("/sbin/dumpe2fs", ["-h", image])
+        XCTAssertTrue(header.stdout.contains("Mount count:              1\n"), "the guest's mount was not recorded")
+        let fsck = try Harness.run("/sbin/e2fsck", ["-fn", image])
+        XCTAssertEqual(fsck.status, 0, "e2fsck: \(fsck.stdout) \(fsck.stderr)")
+    }
 }

@@ -1,0 +1,54 @@
+/* Drives virtio-blk from CPL3 by polling: write, read back, flush, get-ID,
+ * an out-of-range read, then a write to a second, read-only disk. */
+#include "rt/rt.h"
+
+struct blk_req { uint32_t type, reserved; uint64_t sector; };
+static struct vq q0, q1;
+static uint8_t wbuf[4096] __attribute__((aligned(4096)));
+static uint8_t rbuf[4096] __attribute__((aligned(4096)));
+static struct blk_req hdr;
+static volatile uint8_t status;
+
+static int request(struct vq *q, uint32_t type, uint64_t sector, void *data, uint32_t len, int device_writes) {
+    hdr.type = type; hdr.reserved = 0; hdr.sector = sector;
+    status = 0xff;
+    q->desc[0] = (struct vq_desc){ (uint64_t)&hdr, 16, VQ_NEXT, 1 };
+    if (len) {
+        q->desc[1] = (struct vq_desc){ (uint64_t)data, len, VQ_NEXT | (device_writes ? VQ_WRITE : 0), 2 };
+        q->desc[2] = (struct vq_desc){ (uint64_t)&status, 1, VQ_WRITE, 0 };
+    } else {
+        q->desc[1] = (struct vq_desc){ (uint64_t)&status, 1, VQ_WRITE, 0 };
+    }
+    vq_kick(q, 0);
+    if (vq_wait(q, 1ull << 32) < 0) return -1;
+    return status;
+}
+
+static void report(const char *what, int v) { puts_(what); putc_(' '); puthex((uint64_t)v & 0xff, 2); putc_('\n'); }
+
+int main(void) {
+    struct vdev rw, ro;
+    if (vdev_find(&rw, 2, 0) || vdev_init(&rw, 1 << 9) || vq_setup(&rw, &q0, 0)) { puts_("BLK-NODEV\n"); return 0; }
+    vdev_driver_ok(&rw);
+    uint64_t capacity = (uint64_t)mmio_read32(rw.base + 0x100) | (uint64_t)mmio_read32(rw.base + 0x104) << 32;
+    puts_("BLK-CAPACITY "); putdec(capacity); putc_('\n');
+    for (int i = 0; i < 4096; i++) wbuf[i] = (uint8_t)(i * 7 + 3);
+    report("BLK-WRITE", request(&q0, 1, 8, wbuf, 4096, 0));
+    report("BLK-READ", request(&q0, 0, 8, rbuf, 4096, 1));
+    puts_(memcmp(wbuf, rbuf, 4096) ? "BLK-COMPARE BAD\n" : "BLK-COMPARE OK\n");
+    report("BLK-FLUSH", request(&q0, 4, 0, 0, 0, 0));
+    memset(rbuf, 0, 32);
+    report("BLK-GETID", request(&q0, 8, 0, rbuf, 20, 1));
+    puts_("BLK-ID "); puts_((const char *)rbuf); putc_('\n');
+    report("BLK-RANGE", request(&q0, 0, capacity, rbuf, 512, 1));
+    report("BLK-UNSUPPORTED", request(&q0, 99, 0, 0, 0, 0));
+    if (vdev_find(&ro, 2, 1) == 0 && vdev_init(&ro, 1 << 5) == 0 && vq_setup(&ro, &q1, 0) == 0) {
+        vdev_driver_ok(&ro);
+        mmio_write32(ro.base + 0x14, 0);
+        report("BLK-RO-FEATURE", (mmio_read32(ro.base + 0x10) >> 5) & 1);
+        report("BLK-RO-WRITE", request(&q1, 1, 0, wbuf, 512, 0));
+        report("BLK-RO-READ", request(&q1, 0, 0, rbuf, 512, 1));
+    }
+    puts_("BLK-DONE\n");
+    return 0;
+}
