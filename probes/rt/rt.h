@@ -28,7 +28,7 @@ int memcmp(const void *a, const void *b, size_t n);
 /* A minimal virtio-mmio (version 2, or 1 for QEMU's legacy default) driver. */
 struct vdev { uint64_t base; uint32_t version; };
 struct vq_desc { uint64_t addr; uint32_t len; uint16_t flags; uint16_t next; };
-#define VQ_SIZE 64
+#define VQ_SIZE 128
 struct vq {
     struct vq_desc desc[VQ_SIZE] __attribute__((aligned(4096)));
     struct { uint16_t flags, idx, ring[VQ_SIZE], used_event; } avail __attribute__((aligned(4096)));

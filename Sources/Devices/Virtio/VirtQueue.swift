@@ -112,6 +112,9 @@ public final class VirtQueue: @unchecked Sendable {
     private var availFlags: UInt16 { ckvm_load_acquire_u16(ring(config.availableRing)) }
     private var usedEvent: UInt16 { ckvm_load_acquire_u16(ring(config.availableRing + 4 + 2 * UInt64(size))) }
 
+    /// Whether the driver made a chain available that was not popped yet.
+    public var hasAvailable: Bool { availIndex != nextAvailable }
+
     /// The next chain the driver made available, or nil if there is none.
     public func pop() throws(QueueError) -> DescriptorChain? {
         let available = availIndex

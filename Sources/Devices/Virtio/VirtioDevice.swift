@@ -80,7 +80,12 @@ public final class QueueWorker: @unchecked Sendable {
     private let stop: EventFD
     private var thread: HostThread?
 
-    public init(name: String, context: VirtioContext, extraFDs: [Int32] = [],
+    /// With `pollQueue`, after serving a burst the thread keeps watching that
+    /// queue's available ring for `pollNanoseconds` before it sleeps again:
+    /// a driver that submits its next request at once is served without a
+    /// wake-up (the cost that dominates small requests at queue depth 1).
+    public init(name: String, context: VirtioContext, extraFDs: [Int32] = [], pollQueue: Int? = nil,
+                pollNanoseconds: Int = 50_000,
                 handle: @escaping @Sendable (_ queue: Int, _ readyFD: Int32?) throws(QueueError) -> Void) throws {
         let stop = try EventFD()
         self.stop = stop
@@ -96,7 +101,12 @@ public final class QueueWorker: @unchecked Sendable {
                     if let q = notifierFDs.firstIndex(of: fd) {
                         context.notifiers[q].consume()
                         guard !broken else { continue }
-                        do throws(QueueError) { try handle(q, nil) } catch {
+                        do throws(QueueError) {
+                            try handle(q, nil)
+                            if let p = pollQueue, p == q {
+                                try Self.busyPoll(context.queues[p], nanoseconds: pollNanoseconds) { () throws(QueueError) in try handle(p, nil) }
+                            }
+                        } catch {
                             broken = true
                             context.signals.broken("\(error)")
                         }
@@ -109,6 +119,22 @@ public final class QueueWorker: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    static func busyPoll(_ queue: VirtQueue, nanoseconds: Int, _ handle: () throws(QueueError) -> Void) throws(QueueError) {
+        var deadline = monotonicNanoseconds() + nanoseconds
+        while monotonicNanoseconds() < deadline {
+            if queue.hasAvailable {
+                try handle()
+                deadline = monotonicNanoseconds() + nanoseconds
+            }
+        }
+    }
+
+    static func monotonicNanoseconds() -> Int {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return t.tv_sec * 1_000_000_000 + t.tv_nsec
     }
 
     /// Stops the thread and waits for it.

@@ -82,7 +82,7 @@ public final class Block: VirtioDevice {
 
     public func activate(_ context: VirtioContext) throws {
         let queue = context.queues[0]
-        let w = try QueueWorker(name: "virtio-blk", context: context) { [self] _, _ throws(QueueError) in
+        let w = try QueueWorker(name: "virtio-blk", context: context, pollQueue: 0) { [self] _, _ throws(QueueError) in
             var any = false
             while let chain = try queue.pop() {
                 queue.push(head: chain.head, written: serve(chain, memory: context.memory))
