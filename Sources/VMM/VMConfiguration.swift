@@ -16,6 +16,8 @@ public struct VMConfiguration: Sendable {
     public var disks: [Block.Options] = []
     /// A virtio-rng entropy device.
     public var rng = false
+    /// A virtio-vsock device with its host side on Unix sockets.
+    public var vsock: Vsock.Options?
 
     public static let maxCpus = 254 // APIC IDs 0..253, the IOAPIC takes the next
     public static let minimumMemoryMiB: UInt64 = 2
@@ -34,7 +36,7 @@ public struct VMConfiguration: Sendable {
         guard memoryMiB >= Self.minimumMemoryMiB else {
             throw ConfigurationError("--memory \(memoryMiB): must be at least \(Self.minimumMemoryMiB) MiB")
         }
-        guard disks.count + (rng ? 1 : 0) <= X86Layout.virtioIRQs.count else {
+        guard disks.count + (rng ? 1 : 0) + (vsock == nil ? 0 : 1) <= X86Layout.virtioIRQs.count else {
             throw ConfigurationError("too many virtio devices: at most \(X86Layout.virtioIRQs.count)")
         }
         guard memoryMiB <= hostMemoryMiB else {

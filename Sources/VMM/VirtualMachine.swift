@@ -60,6 +60,7 @@ public final class VirtualMachine: @unchecked Sendable {
             devices.append((try Block(disk), "virtio-blk \(disk.path) (vd\(Character(UnicodeScalar(UInt8(97 + i)))))"))
         }
         if config.rng { devices.append((Rng(), "virtio-rng")) }
+        if let v = config.vsock { devices.append((try Vsock(v), "virtio-vsock cid \(v.cid)")) }
         var announcements: [String] = []
         for (i, (device, name)) in devices.enumerated() {
             let base = X86Layout.virtioMMIOBase + UInt64(i) * MMIOTransport.windowSize

@@ -11,6 +11,7 @@ let usage = """
 usage: skiff run [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--cpus N]
                  [--memory MIB] [--cpu-template host|pvm]
                  [--disk PATH[,ro][,id=NAME][,direct]]... [--rng]
+                 [--vsock cid=N,socket=PATH]
        skiff kernel build|path     build (if needed) and print the default kernel
        skiff initramfs path        build (if needed) and print the default initramfs
 
@@ -37,6 +38,7 @@ struct RunOptions {
     var template: CPUTemplate?
     var disks: [Block.Options] = []
     var rng = false
+    var vsock: Vsock.Options?
 
     init(_ args: ArraySlice<String>) throws(ConfigurationError) {
         var it = args.makeIterator()
@@ -73,6 +75,7 @@ struct RunOptions {
                 }
                 template = t
             case "--disk": disks.append(try Self.disk(try v()))
+            case "--vsock": vsock = try Self.vsock(try v())
             default: throw ConfigurationError("unknown option \(arg) (see skiff --help)")
             }
         }
@@ -95,6 +98,22 @@ extension RunOptions {
     }
 }
 
+extension RunOptions {
+    /// cid=N,socket=PATH
+    static func vsock(_ spec: String) throws(ConfigurationError) -> Vsock.Options {
+        var cid: UInt64?, socket: String?
+        for p in spec.utf8.split(separator: UInt8(ascii: ",")).map({ String(Substring($0)) }) {
+            if p.hasPrefix("cid=") {
+                guard let n = UInt64(p.dropFirst(4)) else { throw ConfigurationError("--vsock \(spec): cid is not a number") }
+                cid = n
+            } else if p.hasPrefix("socket=") { socket = String(p.dropFirst(7)) }
+            else { throw ConfigurationError("--vsock \(spec): unknown option '\(p)' (cid=N, socket=PATH)") }
+        }
+        guard let cid, let socket, !socket.isEmpty else { throw ConfigurationError("--vsock \(spec): needs cid=N and socket=PATH") }
+        return Vsock.Options(cid: cid, socketPath: socket)
+    }
+}
+
 func run(_ args: ArraySlice<String>) -> Never {
     let options: RunOptions
     do { options = try RunOptions(args) } catch { fail(error.description, status: 2) }
@@ -114,6 +133,7 @@ func run(_ args: ArraySlice<String>) -> Never {
     config.cpuTemplate = options.template
     config.disks = options.disks
     config.rng = options.rng
+    config.vsock = options.vsock
     if let device = getenv("SKIFF_KVM_DEVICE") { config.kvmPath = String(cString: device) }
 
     do {
@@ -134,6 +154,8 @@ func run(_ args: ArraySlice<String>) -> Never {
     } catch let e as KVMUnavailable {
         fail(e.description, status: 2)
     } catch let e as BlockError {
+        fail(e.description, status: 2)
+    } catch let e as VsockError {
         fail(e.description, status: 2)
     } catch {
         fail("\(error)", status: 1)

@@ -90,6 +90,13 @@ final class BadInputTests: XCTestCase {
         try expectUsageError(["--kernel", null, "--disk", null + ",id=" + String(repeating: "x", count: 21)], "longer than 20 bytes")
     }
 
+    func testBadVsock() throws {
+        try expectUsageError(["--kernel", null, "--vsock", "cid=2,socket=/tmp/x.sock"], "guest CIDs start at 3")
+        try expectUsageError(["--kernel", null, "--vsock", "cid=5"], "needs cid=N and socket=PATH")
+        try expectUsageError(["--kernel", null, "--vsock", "cid=5,socket=/etc/passwd"], "exists and is not a socket")
+        try expectUsageError(["--kernel", null, "--vsock", "cid=5,socket=/nonexistent/dir/x.sock"], "No such file")
+    }
+
     func testUnknownCommand() throws {
         let r = try Harness.skiff(["launch"])
         XCTAssertEqual(r.status, 2)
