@@ -3,6 +3,10 @@
 #include "CKVM.h"
 #include <pthread.h>
 #include <string.h>
+#include <errno.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
+#include <sys/ioctl.h>
 
 static void ckvm_kick(int signo) { (void)signo; }
 
@@ -26,4 +30,21 @@ int ckvm_o_direct(void) { return O_DIRECT; }
 
 int ckvm_fallocate(int fd, int mode, off_t offset, off_t length) {
     return fallocate(fd, mode, offset, length);
+}
+
+int ckvm_open_tap(const char *name, char actual[16]) {
+    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    memcpy(actual, ifr.ifr_name, 16);
+    return fd;
 }

@@ -16,6 +16,8 @@ public struct VMConfiguration: Sendable {
     public var disks: [Block.Options] = []
     /// A virtio-rng entropy device.
     public var rng = false
+    /// virtio-net devices, each on a host TAP interface.
+    public var nets: [Net.Options] = []
     /// A virtio-vsock device with its host side on Unix sockets.
     public var vsock: Vsock.Options?
 
@@ -36,7 +38,7 @@ public struct VMConfiguration: Sendable {
         guard memoryMiB >= Self.minimumMemoryMiB else {
             throw ConfigurationError("--memory \(memoryMiB): must be at least \(Self.minimumMemoryMiB) MiB")
         }
-        guard disks.count + (rng ? 1 : 0) + (vsock == nil ? 0 : 1) <= X86Layout.virtioIRQs.count else {
+        guard disks.count + nets.count + (rng ? 1 : 0) + (vsock == nil ? 0 : 1) <= X86Layout.virtioIRQs.count else {
             throw ConfigurationError("too many virtio devices: at most \(X86Layout.virtioIRQs.count)")
         }
         guard memoryMiB <= hostMemoryMiB else {

@@ -59,6 +59,7 @@ public final class VirtualMachine: @unchecked Sendable {
         for (i, disk) in config.disks.enumerated() {
             devices.append((try Block(disk), "virtio-blk \(disk.path) (vd\(Character(UnicodeScalar(UInt8(97 + i)))))"))
         }
+        for n in config.nets { devices.append((try Net(n), "virtio-net tap \(n.tap)")) }
         if config.rng { devices.append((Rng(), "virtio-rng")) }
         if let v = config.vsock { devices.append((try Vsock(v), "virtio-vsock cid \(v.cid)")) }
         var announcements: [String] = []

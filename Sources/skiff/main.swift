@@ -11,7 +11,7 @@ let usage = """
 usage: skiff run [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--cpus N]
                  [--memory MIB] [--cpu-template host|pvm]
                  [--disk PATH[,ro][,id=NAME][,direct]]... [--rng]
-                 [--vsock cid=N,socket=PATH]
+                 [--net tap=NAME[,mac=52:54:00:12:34:56]]... [--vsock cid=N,socket=PATH]
        skiff kernel build|path     build (if needed) and print the default kernel
        skiff initramfs path        build (if needed) and print the default initramfs
 
@@ -39,6 +39,7 @@ struct RunOptions {
     var disks: [Block.Options] = []
     var rng = false
     var vsock: Vsock.Options?
+    var nets: [Net.Options] = []
 
     init(_ args: ArraySlice<String>) throws(ConfigurationError) {
         var it = args.makeIterator()
@@ -76,6 +77,7 @@ struct RunOptions {
                 template = t
             case "--disk": disks.append(try Self.disk(try v()))
             case "--vsock": vsock = try Self.vsock(try v())
+            case "--net": nets.append(try Self.net(try v(), index: nets.count))
             default: throw ConfigurationError("unknown option \(arg) (see skiff --help)")
             }
         }
@@ -99,6 +101,20 @@ extension RunOptions {
 }
 
 extension RunOptions {
+    /// tap=NAME[,mac=XX:XX:XX:XX:XX:XX]; the MAC defaults to 52:54:00:12:34:5N.
+    static func net(_ spec: String, index: Int) throws(ConfigurationError) -> Net.Options {
+        var tap: String?, mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, UInt8(0x56 + index)]
+        for p in spec.utf8.split(separator: UInt8(ascii: ",")).map({ String(Substring($0)) }) {
+            if p.hasPrefix("tap=") { tap = String(p.dropFirst(4)) }
+            else if p.hasPrefix("mac=") {
+                guard let m = Net.parseMAC(String(p.dropFirst(4))) else { throw ConfigurationError("--net \(spec): bad unicast MAC address") }
+                mac = m
+            } else { throw ConfigurationError("--net \(spec): unknown option '\(p)' (tap=NAME, mac=ADDRESS)") }
+        }
+        guard let tap, !tap.isEmpty else { throw ConfigurationError("--net \(spec): needs tap=NAME") }
+        return Net.Options(tap: tap, mac: mac)
+    }
+
     /// cid=N,socket=PATH
     static func vsock(_ spec: String) throws(ConfigurationError) -> Vsock.Options {
         var cid: UInt64?, socket: String?
@@ -134,6 +150,7 @@ func run(_ args: ArraySlice<String>) -> Never {
     config.disks = options.disks
     config.rng = options.rng
     config.vsock = options.vsock
+    config.nets = options.nets
     if let device = getenv("SKIFF_KVM_DEVICE") { config.kvmPath = String(cString: device) }
 
     do {
@@ -156,6 +173,8 @@ func run(_ args: ArraySlice<String>) -> Never {
     } catch let e as BlockError {
         fail(e.description, status: 2)
     } catch let e as VsockError {
+        fail(e.description, status: 2)
+    } catch let e as NetError {
         fail(e.description, status: 2)
     } catch {
         fail("\(error)", status: 1)

@@ -97,6 +97,12 @@ final class BadInputTests: XCTestCase {
         try expectUsageError(["--kernel", null, "--vsock", "cid=5,socket=/nonexistent/dir/x.sock"], "No such file")
     }
 
+    func testBadNet() throws {
+        try expectUsageError(["--kernel", null, "--net", "mac=52:54:00:12:34:56"], "needs tap=NAME")
+        try expectUsageError(["--kernel", null, "--net", "tap=t0,mac=01:00:00:00:00:01"], "bad unicast MAC")
+        try expectUsageError(["--kernel", null, "--net", "tap=" + String(repeating: "t", count: 20)], "not an interface name")
+    }
+
     func testUnknownCommand() throws {
         let r = try Harness.skiff(["launch"])
         XCTAssertEqual(r.status, 2)

@@ -55,38 +55,78 @@ enum Harness {
     }
 }
 
-/// A running process with its output collected as it comes.
+/// A running process with its output collected as it comes. Spawned and
+/// reaped by hand (posix_spawn, waitpid): Foundation's Process left
+/// children unreaped here when two ran at once.
 final class Session: @unchecked Sendable {
-    let process = Process()
-    private let input = Pipe(), output = Pipe(), errors = Pipe()
+    let pid: pid_t
+    let arguments: [String]
     private let lock = NSLock()
     private var out = Data(), err = Data()
+    private var openStreams = 2
+    private var rawStatus: Int32?
+    private let inputFD: Int32
     private let started = Date()
 
     init(_ executable: String, _ args: [String], environment: [String: String]? = nil) throws {
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = args
-        if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
-        process.standardInput = input
-        process.standardOutput = output
-        process.standardError = errors
-        output.fileHandleForReading.readabilityHandler = { [weak self] h in
-            let d = h.availableData
-            self?.lock.withLock { self?.out.append(d) }
+        arguments = [executable] + args
+        var stdin: [Int32] = [0, 0], stdout: [Int32] = [0, 0], stderr: [Int32] = [0, 0]
+        guard pipe(&stdin) == 0, pipe(&stdout) == 0, pipe(&stderr) == 0 else { throw POSIXError(.EMFILE) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, stdin[0], 0)
+        posix_spawn_file_actions_adddup2(&actions, stdout[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, stderr[1], 2)
+        for fd in stdin + stdout + stderr { posix_spawn_file_actions_addclose(&actions, fd) }
+        let env = ProcessInfo.processInfo.environment.merging(environment ?? [:]) { $1 }.map { "\($0)=\($1)" }
+        var argv = arguments.map { strdup($0) } + [nil]
+        var envp = env.map { strdup($0) } + [nil]
+        defer { for p in argv + envp { free(p) } }
+        var child: pid_t = 0
+        let r = posix_spawn(&child, executable, &actions, nil, &argv, &envp)
+        close(stdin[0]); close(stdout[1]); close(stderr[1])
+        guard r == 0 else {
+            close(stdin[1]); close(stdout[0]); close(stderr[0])
+            throw POSIXError(POSIXErrorCode(rawValue: r) ?? .ENOENT)
         }
-        errors.fileHandleForReading.readabilityHandler = { [weak self] h in
-            let d = h.availableData
-            self?.lock.withLock { self?.err.append(d) }
-        }
-        try process.run()
+        pid = child
+        inputFD = stdin[1]
+        collect(stdout[0], isError: false)
+        collect(stderr[0], isError: true)
     }
 
-    var pid: Int32 { process.processIdentifier }
+    deinit { close(inputFD) }
+
+    private func collect(_ fd: Int32, isError: Bool) {
+        Thread.detachNewThread { [self] in
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = read(fd, &buf, buf.count)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                let d = Data(buf[0..<n])
+                lock.withLock { if isError { err.append(d) } else { out.append(d) } }
+            }
+            close(fd)
+            lock.withLock { openStreams -= 1 }
+        }
+    }
+
     var stdout: String { lock.withLock { String(decoding: out, as: UTF8.self) } }
     var stderr: String { lock.withLock { String(decoding: err, as: UTF8.self) } }
 
-    func send(_ text: String) { input.fileHandleForWriting.write(Data(text.utf8)) }
-    func closeInput() { try? input.fileHandleForWriting.close() }
+    var isRunning: Bool {
+        lock.withLock {
+            if rawStatus == nil {
+                var st: Int32 = 0
+                if waitpid(pid, &st, WNOHANG) == pid { rawStatus = st }
+            }
+            return rawStatus == nil
+        }
+    }
+
+    func send(_ text: String) { _ = Array(text.utf8).withUnsafeBytes { write(inputFD, $0.baseAddress, $0.count) } }
 
     /// Waits until stdout contains `text`; false on timeout or exit.
     @discardableResult
@@ -94,7 +134,7 @@ final class Session: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if stdout.contains(text) { return true }
-            if !process.isRunning { return stdout.contains(text) }
+            if !isRunning { usleep(50_000); return stdout.contains(text) }
             usleep(20_000)
         }
         return false
@@ -109,25 +149,25 @@ final class Session: @unchecked Sendable {
         return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
-    func signal(_ s: Int32) { kill(pid, s) }
+    func signal(_ s: Int32) { if isRunning { kill(pid, s) } }
 
     func wait(timeout: Double) -> Harness.Result {
         let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(5_000) }
-        if process.isRunning {
-            process.interrupt(); usleep(500_000)
-            if process.isRunning { kill(pid, SIGKILL) }
-            process.waitUntilExit()
-            XCTFail("\(process.arguments ?? []) did not finish in \(timeout) s")
+        while isRunning && Date() < deadline { usleep(5_000) }
+        if isRunning {
+            kill(pid, SIGINT); usleep(500_000)
+            if isRunning { kill(pid, SIGKILL) }
+            XCTFail("\(arguments) did not finish in \(timeout) s")
         }
-        process.waitUntilExit()
-        usleep(50_000) // let the readability handlers drain
-        output.fileHandleForReading.readabilityHandler = nil
-        errors.fileHandleForReading.readabilityHandler = nil
-        let restOut = output.fileHandleForReading.readDataToEndOfFile()
-        let restErr = errors.fileHandleForReading.readDataToEndOfFile()
-        lock.withLock { out.append(restOut); err.append(restErr) }
-        return Harness.Result(status: process.terminationStatus, signaled: process.terminationReason == .uncaughtSignal,
+        var st: Int32 = 0
+        lock.withLock {
+            if rawStatus == nil, waitpid(pid, &st, 0) == pid { rawStatus = st }
+        }
+        let drained = Date().addingTimeInterval(5)
+        while lock.withLock({ openStreams > 0 }) && Date() < drained { usleep(2_000) }
+        let status = lock.withLock { rawStatus ?? 0 }
+        let signaled = status & 0x7f != 0
+        return Harness.Result(status: signaled ? 128 + (status & 0x7f) : (status >> 8) & 0xff, signaled: signaled,
                               stdout: stdout, stderr: stderr, seconds: Date().timeIntervalSince(started))
     }
 }

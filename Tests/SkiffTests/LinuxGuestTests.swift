@@ -12,7 +12,7 @@ final class LinuxGuestTests: XCTestCase {
     func testSMPGuestWith512MiBRunsUserSpaceAndIdlesCheaply() throws {
         _ = try Harness.kernelDirectory()
         let s = try Session(Harness.skiff, ["run", "--cpus", "2", "--memory", "512"])
-        defer { if s.process.isRunning { s.signal(SIGKILL) } }
+        defer { if s.isRunning { s.signal(SIGKILL) } }
         let t0 = Date()
         XCTAssertTrue(s.waitFor("Run /init as init process", timeout: Self.bootTimeout), "no /init: \(s.stdout.suffix(500)) \(s.stderr)")
         let toInit = Date().timeIntervalSince(t0)
@@ -63,7 +63,7 @@ final class LinuxGuestTests: XCTestCase {
         let dir = try Harness.kernelDirectory()
         let s = try Session(Harness.skiff, ["run", "--kernel", dir + "/bzImage",
                                            "--cmdline", "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1"])
-        defer { if s.process.isRunning { s.signal(SIGKILL) } }
+        defer { if s.isRunning { s.signal(SIGKILL) } }
         XCTAssertTrue(s.waitFor("Decompressing Linux", timeout: 30), s.stdout.suffix(300).description + s.stderr)
         XCTAssertTrue(s.waitFor("Linux version 6.1.192-skiff", timeout: Self.bootTimeout), s.stdout.suffix(300).description + s.stderr)
         XCTAssertTrue(s.waitFor("BIOS-e820: [mem 0x0000000000100000-0x0000000007ffffff] usable", timeout: 30), "e820 from the zero page")
@@ -115,5 +115,37 @@ final class LinuxGuestTests: XCTestCase {
         XCTAssertTrue(header.stdout.contains("Mount count:              1\n"), "the guest's mount was not recorded")
         let fsck = try Harness.run("/sbin/e2fsck", ["-fn", image])
         XCTAssertEqual(fsck.status, 0, "e2fsck: \(fsck.stdout) \(fsck.stderr)")
+    }
+
+    /// virtio-net on a TAP in a network namespace made for the test, with
+    /// dnsmasq serving DHCP on the host end: the kernel configures eth0
+    /// itself (ip=dhcp), then busybox pings the host end.
+    func testKernelDHCPOverVirtioNet() throws {
+        _ = try Harness.kernelDirectory()
+        let ns = "skiff-test-\(getpid())"
+        func ip(_ args: [String]) throws {
+            let r = try Harness.run("/usr/sbin/ip", args)
+            XCTAssertEqual(r.status, 0, "ip \(args): \(r.stderr)")
+        }
+        try ip(["netns", "add", ns])
+        defer { _ = try? Harness.run("/usr/sbin/ip", ["netns", "del", ns]) }
+        try ip(["netns", "exec", ns, "ip", "link", "set", "lo", "up"])
+        try ip(["netns", "exec", ns, "ip", "tuntap", "add", "dev", "tap0", "mode", "tap"])
+        try ip(["netns", "exec", ns, "ip", "addr", "add", "10.0.2.2/24", "dev", "tap0"])
+        try ip(["netns", "exec", ns, "ip", "link", "set", "tap0", "up"])
+        let dnsmasq = try Session("/usr/sbin/ip", ["netns", "exec", ns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+                                                   "--port=0", "--interface=tap0", "--bind-interfaces", "--log-dhcp",
+                                                   "--dhcp-range=10.0.2.15,10.0.2.15,255.255.255.0", "--pid-file=",
+                                                   "--log-facility=-", "--dhcp-leasefile=/tmp/\(ns).leases"])
+        defer { dnsmasq.signal(SIGTERM); _ = dnsmasq.wait(timeout: 5); unlink("/tmp/\(ns).leases") }
+
+        let cmdline = #"console=ttyS0 reboot=k panic=-1 ip=dhcp skiff_run="ping -c 2 10.0.2.2""#
+        let r = try Harness.run("/usr/sbin/ip", ["netns", "exec", ns, Harness.skiff, "run", "--net", "tap=tap0,mac=52:54:00:ab:cd:ef",
+                                                 "--cmdline", cmdline], timeout: Self.bootTimeout)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("IP-Config: Got DHCP answer from 10.0.2.2, my address is 10.0.2.15"), r.stdout.suffix(1500).description)
+        XCTAssertTrue(r.stdout.contains("IP-Config: Complete:"), r.stdout.suffix(1500).description)
+        XCTAssertTrue(r.stdout.contains("hwaddr=52:54:00:ab:cd:ef"), r.stdout.suffix(1500).description)
+        XCTAssertTrue(r.stdout.contains("2 packets transmitted, 2 packets received"), r.stdout.suffix(800).description)
     }
 }

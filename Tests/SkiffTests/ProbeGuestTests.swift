@@ -51,7 +51,7 @@ final class HostileGuestTests: XCTestCase {
     func testGarbageToEveryPortAndMMIOLeavesSkiffAlive() throws {
         let s = try Session(Harness.skiff, ["run", "--kernel", Harness.probe("hostile-io")])
         XCTAssertTrue(s.waitFor("HOSTILE-DONE", timeout: 120), "probe did not finish: \(s.stdout.suffix(200))")
-        XCTAssertTrue(s.process.isRunning, "skiff died: \(s.stderr)")
+        XCTAssertTrue(s.isRunning, "skiff died: \(s.stderr)")
         let t0 = Date()
         s.signal(SIGTERM)
         let r = s.wait(timeout: 5)
@@ -67,7 +67,7 @@ final class HostileGuestTests: XCTestCase {
         let before = s.stdout.count
         sleep(2)
         let after = s.stdout.count
-        XCTAssertTrue(s.process.isRunning, "skiff died: \(s.stderr)")
+        XCTAssertTrue(s.isRunning, "skiff died: \(s.stderr)")
         XCTAssertGreaterThan(after, before, "no progress in the last 2 s: the guest's exits are not being served")
         let t0 = Date()
         s.signal(SIGTERM)

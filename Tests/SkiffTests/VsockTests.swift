@@ -55,7 +55,7 @@ final class VsockTests: XCTestCase {
         let listener = UnixSocket.listen(base + "_1234")
         defer { close(listener); unlink(base + "_1234") }
         let s = try Session(Harness.skiff, ["run", "--kernel", Harness.probe("vsock"), "--vsock", "cid=42,socket=\(base)"])
-        defer { if s.process.isRunning { s.signal(SIGKILL) } }
+        defer { if s.isRunning { s.signal(SIGKILL) } }
 
         // Guest -> host: the guest connects to CID 2 port 1234.
         let guestConnection = accept(listener, nil, nil)
@@ -86,13 +86,13 @@ final class VsockTests: XCTestCase {
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("skiff-vsock-r\(getpid()).sock").path
         unlink(base + "_1234") // nobody listens: the guest's connection is refused
         let s = try Session(Harness.skiff, ["run", "--kernel", Harness.probe("vsock"), "--vsock", "cid=3,socket=\(base)"])
-        defer { if s.process.isRunning { s.signal(SIGKILL) } }
+        defer { if s.isRunning { s.signal(SIGKILL) } }
         XCTAssertTrue(s.waitFor("GUEST-REFUSED\nGUEST-LISTENING\n", timeout: 10), s.stdout)
         let bad = try XCTUnwrap(UnixSocket.connect(base, timeout: 5))
         UnixSocket.send(bad, "HELLO THERE\n")
         XCTAssertEqual(UnixSocket.readLine(bad), "") // closed without an answer
         close(bad)
-        XCTAssertTrue(s.process.isRunning)
+        XCTAssertTrue(s.isRunning)
         s.signal(SIGTERM)
         XCTAssertEqual(s.wait(timeout: 5).status, 0)
     }

@@ -107,6 +107,11 @@ static const int CKVM_FALLOC_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE;
 static const int CKVM_FALLOC_KEEP_SIZE = FALLOC_FL_KEEP_SIZE;
 static const int CKVM_FALLOC_ZERO_RANGE = FALLOC_FL_ZERO_RANGE;
 int ckvm_o_direct(void);
+
+// Opens /dev/net/tun as the TAP interface `name` (created if missing,
+// which needs CAP_NET_ADMIN): no packet info header, non-blocking. Returns
+// the fd, or -1 with errno set. `actual` receives the kernel's name.
+int ckvm_open_tap(const char *name, char actual[16]);
 int ckvm_fallocate(int fd, int mode, off_t offset, off_t length);
 
 // Installs a handler that does nothing, without SA_RESTART, so that a
