@@ -25,3 +25,14 @@ let package = Package(
         .testTarget(name: "SkiffTests", dependencies: ["Appliance"]),
     ]
 )
+
+// libFuzzer targets (Fuzz/), built only by scripts/fuzz, which sets
+// SKIFF_FUZZ and -sanitize=fuzzer: libFuzzer brings its own main, so these
+// cannot link in an ordinary build.
+if Context.environment["SKIFF_FUZZ"] != nil {
+    package.targets.append(.target(name: "SkiffCore", dependencies: ["Machine", "Devices"], path: "Fuzz/SkiffCore"))
+    for name in ["fuzz-virtqueue", "fuzz-block-request", "fuzz-vsock-packet", "fuzz-kernel-image", "fuzz-net-mac"] {
+        package.targets.append(.executableTarget(name: name, dependencies: ["SkiffCore"], path: "Fuzz/Sources/\(name)",
+                                                 swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
+    }
+}
