@@ -18,6 +18,8 @@ public struct VMConfiguration: Sendable {
     public var rng = false
     /// virtio-net devices, each on a host TAP interface.
     public var nets: [Net.Options] = []
+    /// A virtio-balloon device.
+    public var balloon: Balloon.Options?
     /// A virtio-vsock device with its host side on Unix sockets.
     public var vsock: Vsock.Options?
 
@@ -38,8 +40,11 @@ public struct VMConfiguration: Sendable {
         guard memoryMiB >= Self.minimumMemoryMiB else {
             throw ConfigurationError("--memory \(memoryMiB): must be at least \(Self.minimumMemoryMiB) MiB")
         }
-        guard disks.count + nets.count + (rng ? 1 : 0) + (vsock == nil ? 0 : 1) <= X86Layout.virtioIRQs.count else {
+        guard disks.count + nets.count + (rng ? 1 : 0) + (vsock == nil ? 0 : 1) + (balloon == nil ? 0 : 1) <= X86Layout.virtioIRQs.count else {
             throw ConfigurationError("too many virtio devices: at most \(X86Layout.virtioIRQs.count)")
+        }
+        if let b = balloon, UInt64(b.targetMiB) >= memoryMiB {
+            throw ConfigurationError("--balloon size=\(b.targetMiB): must be below the guest's memory (\(memoryMiB) MiB)")
         }
         guard memoryMiB <= hostMemoryMiB else {
             throw ConfigurationError("--memory \(memoryMiB): more than this host has (\(hostMemoryMiB) MiB)")

@@ -61,6 +61,7 @@ public final class VirtualMachine: @unchecked Sendable {
         }
         for n in config.nets { devices.append((try Net(n), "virtio-net tap \(n.tap)")) }
         if config.rng { devices.append((Rng(), "virtio-rng")) }
+        if let b = config.balloon { devices.append((try Balloon(b), "virtio-balloon")) }
         if let v = config.vsock { devices.append((try Vsock(v), "virtio-vsock cid \(v.cid)")) }
         var announcements: [String] = []
         for (i, (device, name)) in devices.enumerated() {
@@ -172,6 +173,13 @@ extension VirtualMachine {
             loop.vcpu.setImmediateExit(false)
             var bytes = Array(line.utf8)
             _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+        }
+        for case let balloon as Balloon in virtio.map(\.device) {
+            let s = balloon.snapshot
+            let stats = s.stats.sorted { $0.key < $1.key }.map { "\(Balloon.statNames[$0.key] ?? "tag\($0.key)")=\($0.value)" }
+            var bytes = Array("balloon: actual \(s.actualPages) pages, inflated \(s.inflatedPages), reported \(s.reportedPages); \(stats.joined(separator: " "))\n".utf8)
+            _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+            balloon.requestStatistics() // fresh numbers for the next report
         }
     }
 }

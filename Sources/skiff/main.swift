@@ -12,6 +12,7 @@ usage: skiff run [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--cpus N]
                  [--memory MIB] [--cpu-template host|pvm]
                  [--disk PATH[,ro][,id=NAME][,direct]]... [--rng]
                  [--net tap=NAME[,mac=52:54:00:12:34:56]]... [--vsock cid=N,socket=PATH]
+                 [--balloon [size=MIB][,no-deflate-on-oom][,no-reporting]]
        skiff kernel build|path     build (if needed) and print the default kernel
        skiff initramfs path        build (if needed) and print the default initramfs
 
@@ -40,15 +41,20 @@ struct RunOptions {
     var rng = false
     var vsock: Vsock.Options?
     var nets: [Net.Options] = []
+    var balloon: Balloon.Options?
 
     init(_ args: ArraySlice<String>) throws(ConfigurationError) {
-        var it = args.makeIterator()
+        var rest = args
         func value(_ flag: String) throws(ConfigurationError) -> String {
-            guard let v = it.next() else { throw ConfigurationError("\(flag) needs a value") }
+            guard let v = rest.popFirst() else { throw ConfigurationError("\(flag) needs a value") }
             return v
         }
-        while let arg = it.next() {
+        while let arg = rest.popFirst() {
             if arg == "--rng" { rng = true; continue }
+            if arg == "--balloon" { // its options are optional
+                if let next = rest.first, !next.hasPrefix("--") { balloon = try Self.balloon(value(arg)) } else { balloon = Balloon.Options() }
+                continue
+            }
             var flag = arg, inline: String?
             if let eq = arg.firstIndex(of: "="), arg.hasPrefix("--") {
                 flag = String(arg[..<eq]); inline = String(arg[arg.index(after: eq)...])
@@ -78,6 +84,7 @@ struct RunOptions {
             case "--disk": disks.append(try Self.disk(try v()))
             case "--vsock": vsock = try Self.vsock(try v())
             case "--net": nets.append(try Self.net(try v(), index: nets.count))
+            case "--balloon": balloon = try Self.balloon(try v())
             default: throw ConfigurationError("unknown option \(arg) (see skiff --help)")
             }
         }
@@ -101,6 +108,20 @@ extension RunOptions {
 }
 
 extension RunOptions {
+    /// [size=MIB][,no-deflate-on-oom][,no-reporting]
+    static func balloon(_ spec: String) throws(ConfigurationError) -> Balloon.Options {
+        var o = Balloon.Options()
+        for p in spec.utf8.split(separator: UInt8(ascii: ",")).map({ String(Substring($0)) }) {
+            if p.hasPrefix("size=") {
+                guard let n = UInt32(p.dropFirst(5)) else { throw ConfigurationError("--balloon \(spec): size is not a number of MiB") }
+                o.targetMiB = n
+            } else if p == "no-deflate-on-oom" { o.deflateOnOOM = false }
+            else if p == "no-reporting" { o.freePageReporting = false }
+            else { throw ConfigurationError("--balloon \(spec): unknown option '\(p)' (size=MIB, no-deflate-on-oom, no-reporting)") }
+        }
+        return o
+    }
+
     /// tap=NAME[,mac=XX:XX:XX:XX:XX:XX]; the MAC defaults to 52:54:00:12:34:5N.
     static func net(_ spec: String, index: Int) throws(ConfigurationError) -> Net.Options {
         var tap: String?, mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, UInt8(0x56 + index)]
@@ -151,6 +172,7 @@ func run(_ args: ArraySlice<String>) -> Never {
     config.rng = options.rng
     config.vsock = options.vsock
     config.nets = options.nets
+    config.balloon = options.balloon
     if let device = getenv("SKIFF_KVM_DEVICE") { config.kvmPath = String(cString: device) }
 
     do {

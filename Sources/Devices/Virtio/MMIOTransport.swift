@@ -140,15 +140,18 @@ public final class MMIOTransport: BusDevice {
     private func activate(_ r: inout Registers) {
         r.active = true
         do {
+            // The enabled queues must be a prefix of the device's, at least
+            // as long as it requires.
+            let enabled = r.queues.prefix { $0.ready }
+            guard enabled.count >= device.requiredQueues, !r.queues.dropFirst(enabled.count).contains(where: \.ready) else {
+                signals.broken("driver set DRIVER_OK with queues \(r.queues.indices.filter { r.queues[$0].ready }) enabled")
+                return
+            }
             var queues: [VirtQueue] = []
-            for (i, config) in r.queues.enumerated() where config.ready {
+            for (i, config) in enabled.enumerated() {
                 queues.append(try VirtQueue(config, maxSize: device.queueSizes[i], memory: memory,
                                             eventIndex: r.driverFeatures & VirtioFeature.eventIndex != 0,
                                             indirect: r.driverFeatures & VirtioFeature.indirectDescriptors != 0))
-            }
-            guard queues.count == r.queues.count else {
-                signals.broken("driver set DRIVER_OK with \(queues.count) of \(r.queues.count) queues ready")
-                return
             }
             try device.activate(VirtioContext(memory: memory, queues: queues, notifiers: notifiers,
                                               signals: signals, features: r.driverFeatures))

@@ -22,6 +22,9 @@ public protocol VirtioDevice: AnyObject, Sendable {
     var features: UInt64 { get }
     /// One entry per queue: its largest size.
     var queueSizes: [UInt16] { get }
+    /// How many queues, counted from the first, a driver must enable; the
+    /// rest depend on features it may not take (the balloon's).
+    var requiredQueues: Int { get }
     /// Device configuration space, read and written at byte offsets.
     func readConfig(offset: Int, into data: UnsafeMutableRawBufferPointer)
     func writeConfig(offset: Int, data: UnsafeRawBufferPointer)
@@ -30,6 +33,10 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func activate(_ context: VirtioContext) throws
     /// Stops the device's work and forgets the queues (status written 0).
     func reset()
+}
+
+extension VirtioDevice {
+    public var requiredQueues: Int { queueSizes.count }
 }
 
 /// Lets a device raise interrupts and report a misbehaving driver without
