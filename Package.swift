@@ -2,7 +2,8 @@
 // Skiff: a virtual machine monitor for Linux/KVM, written in Swift.
 // Layers (each depends only on those below it):
 //   skiff (CLI) -> VMM -> Devices -> Machine -> KVM -> CKVM
-//   Appliance (guest images, the default kernel) beside them.
+//   Appliance (guest images, the default kernel) beside them; HostTools
+//   (running host programs) under both.
 // The per-VM process (`skiff run`) links none of Foundation and is linked
 // statically in release builds (see scripts/build).
 import PackageDescription
@@ -17,9 +18,10 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "Machine", dependencies: ["KVM"]),
         .target(name: "Devices", dependencies: ["Machine", "CKVM"]),
-        .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM"]),
-        .target(name: "Appliance"),
-        .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance"]),
+        .target(name: "HostTools"),
+        .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM", "HostTools"]),
+        .target(name: "Appliance", dependencies: ["HostTools"]),
+        .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance", "HostTools"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
         .testTarget(name: "ApplianceTests", dependencies: ["Appliance"]),
         .testTarget(name: "SkiffTests", dependencies: ["Appliance"]),

@@ -1,4 +1,5 @@
 import Glibc
+import HostTools
 
 /// Skiff's default guest: its own kernel (Debian's linux-source-6.1 with
 /// the config fragment and patches in `kernel/`) and a busybox initramfs.

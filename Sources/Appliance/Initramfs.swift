@@ -1,4 +1,5 @@
 import Glibc
+import HostTools
 
 /// The default guest's root: busybox (as Debian ships it, statically
 /// linked, unmodified) with a link per applet, and an /init script.

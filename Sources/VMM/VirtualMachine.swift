@@ -22,6 +22,8 @@ public final class VirtualMachine: @unchecked Sendable {
     public let virtio: [MMIOTransport]
     let stopping = StopFlag()
     private let stopReason = Mutex<StopReason?>(nil)
+    /// Host networking set up for --net, undone when the VM stops.
+    let hostNetwork = HostNetwork()
     private let mainThread = pthread_self()
 
     /// Signals the main thread waits for; blocked in every thread so that
@@ -30,6 +32,10 @@ public final class VirtualMachine: @unchecked Sendable {
 
     public init(_ config: VMConfiguration, consoleOutput: @escaping @Sendable (UInt8) -> Void) throws {
         configuration = config
+        // If building the VM fails after host networking was set up, undo it.
+        var built = false
+        let network = hostNetwork
+        defer { if !built { network.tearDown() } }
         let memoryBytes = config.memoryMiB << 20
         // Read and check what the user gave before touching KVM.
         let kernelBytes = try HostFiles.read(config.kernelPath, what: "kernel", limit: memoryBytes)
@@ -59,7 +65,11 @@ public final class VirtualMachine: @unchecked Sendable {
         for (i, disk) in config.disks.enumerated() {
             devices.append((try Block(disk), "virtio-blk \(disk.path) (vd\(Character(UnicodeScalar(UInt8(97 + i)))))"))
         }
-        for n in config.nets { devices.append((try Net(n), "virtio-net tap \(n.tap)")) }
+        for n in config.nets {
+            let net = try Net(n)
+            try hostNetwork.setUp(n, interface: net.interfaceName)
+            devices.append((net, "virtio-net tap \(net.interfaceName)"))
+        }
         if config.rng { devices.append((Rng(), "virtio-rng")) }
         if let b = config.balloon { devices.append((try Balloon(b), "virtio-balloon")) }
         if let v = config.vsock { devices.append((try Vsock(v), "virtio-vsock cid \(v.cid)")) }
@@ -108,6 +118,7 @@ public final class VirtualMachine: @unchecked Sendable {
         }
         self.vcpus = vcpus
         stopHandle.machine = self
+        built = true
     }
 
     /// Records why the VM stops (the first reason wins) and wakes the main thread.
@@ -152,6 +163,7 @@ public final class VirtualMachine: @unchecked Sendable {
         for (loop, thread) in zip(loops, threads) { loop.kick(thread) }
         for thread in threads { thread.join() }
         for transport in virtio { transport.device.reset() } // stop device threads
+        hostNetwork.tearDown()
         console?.restoreTerminal()
         return stopReason.withLock { $0 } ?? .kvmError("stopped without a reason")
     }

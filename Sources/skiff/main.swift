@@ -3,6 +3,7 @@
 import Appliance
 import Devices
 import Glibc
+import HostTools
 import KVM
 import Machine
 import VMM
@@ -11,7 +12,8 @@ let usage = """
 usage: skiff run [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--cpus N]
                  [--memory MIB] [--cpu-template host|pvm]
                  [--disk PATH[,ro][,id=NAME][,direct]]... [--rng]
-                 [--net tap=NAME[,mac=52:54:00:12:34:56]]... [--vsock cid=N,socket=PATH]
+                 [--net tap=NAME[,mac=MAC][,host=ADDR/PREFIX][,bridge=BR][,nat]]...
+                 [--vsock cid=N,socket=PATH]
                  [--balloon [size=MIB][,no-deflate-on-oom][,no-reporting]]
        skiff kernel build|path     build (if needed) and print the default kernel
        skiff initramfs path        build (if needed) and print the default initramfs
@@ -122,18 +124,27 @@ extension RunOptions {
         return o
     }
 
-    /// tap=NAME[,mac=XX:XX:XX:XX:XX:XX]; the MAC defaults to 52:54:00:12:34:5N.
+    /// tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,host=ADDR/PREFIX][,bridge=BR][,nat];
+    /// the MAC defaults to 52:54:00:12:34:5N.
     static func net(_ spec: String, index: Int) throws(ConfigurationError) -> Net.Options {
         var tap: String?, mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, UInt8(0x56 + index)]
+        var host: String?, bridge: String?, nat = false
         for p in spec.utf8.split(separator: UInt8(ascii: ",")).map({ String(Substring($0)) }) {
             if p.hasPrefix("tap=") { tap = String(p.dropFirst(4)) }
             else if p.hasPrefix("mac=") {
                 guard let m = Net.parseMAC(String(p.dropFirst(4))) else { throw ConfigurationError("--net \(spec): bad unicast MAC address") }
                 mac = m
-            } else { throw ConfigurationError("--net \(spec): unknown option '\(p)' (tap=NAME, mac=ADDRESS)") }
+            } else if p.hasPrefix("host=") { host = String(p.dropFirst(5)) }
+            else if p.hasPrefix("bridge=") { bridge = String(p.dropFirst(7)) }
+            else if p == "nat" { nat = true }
+            else { throw ConfigurationError("--net \(spec): unknown option '\(p)' (tap=NAME, mac=ADDRESS, host=ADDR/PREFIX, bridge=BR, nat)") }
         }
         guard let tap, !tap.isEmpty else { throw ConfigurationError("--net \(spec): needs tap=NAME") }
-        return Net.Options(tap: tap, mac: mac)
+        var o = Net.Options(tap: tap, mac: mac)
+        o.hostAddress = host
+        o.bridge = bridge
+        o.nat = nat
+        return o
     }
 
     /// cid=N,socket=PATH

@@ -10,6 +10,12 @@ public final class Net: VirtioDevice {
     public struct Options: Sendable {
         public var tap: String
         public var mac: [UInt8]
+        /// Host-side set-up Skiff does for this TAP and undoes at the end
+        /// (VMM/HostNetwork): an address for the host end, a bridge to
+        /// join, NAT for the host end's subnet.
+        public var hostAddress: String?
+        public var bridge: String?
+        public var nat = false
         public init(tap: String, mac: [UInt8]) { self.tap = tap; self.mac = mac }
     }
     static let featureMAC: UInt64 = 1 << 5
@@ -64,7 +70,7 @@ public final class Net: VirtioDevice {
 
 public struct NetError: Error, CustomStringConvertible, Sendable {
     public let description: String
-    init(_ d: String) { description = d }
+    public init(_ d: String) { description = d }
 }
 
 final class NetLoop: @unchecked Sendable {

@@ -2,17 +2,21 @@ import Glibc
 
 /// Runs a host program with posix_spawn: the per-VM binary links no
 /// Foundation, so no `Process`. Its stderr is the caller's (progress shows).
+/// Also used by the VMM to set up host networking (`ip`, `nft`).
 public enum Subprocess {
     public struct Failure: Error, CustomStringConvertible {
         public let description: String
+        public init(description: String) { self.description = description }
     }
 
     /// Runs `argv` (searched in PATH); returns its stdout when `capture`.
+    /// `quiet` sends its stderr to /dev/null (for probing commands).
     @discardableResult
-    public static func run(_ argv: [String], capture: Bool = false) throws -> String {
+    public static func run(_ argv: [String], capture: Bool = false, quiet: Bool = false) throws -> String {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
+        if quiet { posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0) }
         var pipeFDs: [Int32] = [-1, -1]
         if capture {
             guard pipe(&pipeFDs) == 0 else { throw Failure(description: "pipe: \(String(cString: strerror(errno)))") }
