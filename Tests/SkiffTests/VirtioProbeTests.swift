@@ -30,6 +30,18 @@ final class VirtioProbeTests: XCTestCase {
         XCTAssertTrue(syscalls.contains("fdatasync("), "flush did not reach the file: \(syscalls)")
     }
 
+    /// O_DIRECT needs a filesystem that has it (tmpfs does not): /var/tmp.
+    func testBlockWithODirect() throws {
+        let path = "/var/tmp/skiff-direct-\(getpid()).img"
+        XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: Data(count: 8 << 20)))
+        defer { unlink(path) }
+        let r = try Harness.skiff(["run", "--kernel", Harness.probe("blk"), "--disk", path + ",direct,id=direct"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("BLK-COMPARE OK\nBLK-FLUSH 00\n"), r.stdout)
+        let disk = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        XCTAssertEqual(Array(disk[4096..<8192]), (0..<4096).map { UInt8(truncatingIfNeeded: $0 * 7 + 3) })
+    }
+
     func testEntropyDeviceReturnsFreshBytes() throws {
         var seen: Set<String> = []
         for _ in 0..<2 {
