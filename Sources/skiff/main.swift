@@ -162,6 +162,15 @@ extension RunOptions {
     }
 }
 
+/// Errors in what the user gave (files, numbers, devices): exit status 2.
+protocol UserInputError: Error, CustomStringConvertible {}
+extension ConfigurationError: UserInputError {}
+extension BootError: UserInputError {}
+extension KVMUnavailable: UserInputError {}
+extension BlockError: UserInputError {}
+extension VsockError: UserInputError {}
+extension NetError: UserInputError {}
+
 func run(_ args: ArraySlice<String>) -> Never {
     let options: RunOptions
     do { options = try RunOptions(args) } catch { fail(error.description, status: 2) }
@@ -197,17 +206,7 @@ func run(_ args: ArraySlice<String>) -> Never {
             fail(reason.description, status: reason.exitStatus)
         }
         exit(0)
-    } catch let e as ConfigurationError {
-        fail(e.description, status: 2)
-    } catch let e as BootError {
-        fail(e.description, status: 2)
-    } catch let e as KVMUnavailable {
-        fail(e.description, status: 2)
-    } catch let e as BlockError {
-        fail(e.description, status: 2)
-    } catch let e as VsockError {
-        fail(e.description, status: 2)
-    } catch let e as NetError {
+    } catch let e as UserInputError {
         fail(e.description, status: 2)
     } catch {
         fail("\(error)", status: 1)

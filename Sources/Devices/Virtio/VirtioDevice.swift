@@ -80,6 +80,31 @@ public struct VirtioContext: Sendable {
     public let features: UInt64
 }
 
+extension VirtQueue {
+    /// Serves every available chain (`serve` returns the bytes it wrote to
+    /// the chain), then interrupts if the driver wants one.
+    public func drain(_ signals: VirtioSignals, _ serve: (DescriptorChain) -> UInt32) throws(QueueError) {
+        var any = false
+        while let chain = try pop() {
+            push(head: chain.head, written: serve(chain))
+            any = true
+        }
+        if any && needsInterrupt() { signals.usedBuffers() }
+    }
+}
+
+/// Where a device keeps its worker between activation and reset.
+public final class WorkerSlot: Sendable {
+    private let worker = Mutex<QueueWorker?>(nil)
+    public init() {}
+    public func set(_ w: QueueWorker) { worker.withLock { $0 = w } }
+    /// Stops the worker, if any, and waits for it.
+    public func stop() {
+        let w = worker.withLock { w -> QueueWorker? in defer { w = nil }; return w }
+        w?.shutdown()
+    }
+}
+
 /// A device's worker thread: waits for queue notifications (or its stop
 /// signal) and hands each notified queue to the device. A `QueueError`
 /// from the handler breaks the device; the thread then idles until reset.

@@ -35,7 +35,7 @@ public final class Balloon: VirtioDevice {
     public let queueSizes: [UInt16] = [256, 256, 256, 256] // inflate, deflate, stats, reporting
     public let requiredQueues = 2
     private let state = Mutex(State())
-    private let worker = Mutex<QueueWorker?>(nil)
+    private let worker = WorkerSlot()
     /// The stats buffer the guest last sent, held until fresh numbers are
     /// wanted; only the worker thread touches the queues.
     private let heldStats = Mutex<UInt16?>(nil)
@@ -75,7 +75,7 @@ public final class Balloon: VirtioDevice {
         let statsQueue = negotiated & Feature.statsQueue != 0 && context.queues.count > index ? index : nil
         if statsQueue != nil { index += 1 }
         let reportingQueue = negotiated & Feature.reporting != 0 && context.queues.count > index ? index : nil
-        let w = try QueueWorker(name: "virtio-balloon", context: context, extraFDs: [statsWanted.fd]) { [self] q, _ throws(QueueError) in
+        worker.set(try QueueWorker(name: "virtio-balloon", context: context, extraFDs: [statsWanted.fd]) { [self] q, _ throws(QueueError) in
             if q < 0 { // the host wants statistics: hand the held buffer back
                 statsWanted.consume()
                 if let s = statsQueue, let head = heldStats.withLock({ h in defer { h = nil }; return h }) {
@@ -126,8 +126,7 @@ public final class Balloon: VirtioDevice {
                 used = true
             }
             if used && queue.needsInterrupt() { context.signals.usedBuffers() }
-        }
-        worker.withLock { $0 = w }
+        })
     }
 
     /// Asks the guest for fresh statistics (it answers on the stats queue).
@@ -143,8 +142,7 @@ public final class Balloon: VirtioDevice {
     }
 
     public func reset() {
-        let w = worker.withLock { w -> QueueWorker? in defer { w = nil }; return w }
-        w?.shutdown()
+        worker.stop()
         heldStats.withLock { $0 = nil }
     }
 }

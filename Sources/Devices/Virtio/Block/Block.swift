@@ -28,7 +28,7 @@ public final class Block: VirtioDevice {
     public let capacitySectors: UInt64
     let fd: Int32
     let config: [UInt8]
-    private let worker = Mutex<QueueWorker?>(nil)
+    private let worker = WorkerSlot()
 
     public init(_ options: Options) throws(BlockError) {
         self.options = options
@@ -82,21 +82,12 @@ public final class Block: VirtioDevice {
 
     public func activate(_ context: VirtioContext) throws {
         let queue = context.queues[0]
-        let w = try QueueWorker(name: "virtio-blk", context: context, pollQueue: 0) { [self] _, _ throws(QueueError) in
-            var any = false
-            while let chain = try queue.pop() {
-                queue.push(head: chain.head, written: serve(chain, memory: context.memory))
-                any = true
-            }
-            if any && queue.needsInterrupt() { context.signals.usedBuffers() }
-        }
-        worker.withLock { $0 = w }
+        worker.set(try QueueWorker(name: "virtio-blk", context: context, pollQueue: 0) { [self] _, _ throws(QueueError) in
+            try queue.drain(context.signals) { serve($0, memory: context.memory) }
+        })
     }
 
-    public func reset() {
-        let w = worker.withLock { w -> QueueWorker? in defer { w = nil }; return w }
-        w?.shutdown()
-    }
+    public func reset() { worker.stop() }
 
     /// Serves one request; returns the bytes written to the chain.
     func serve(_ chain: DescriptorChain, memory: GuestMemory) -> UInt32 {

@@ -37,7 +37,7 @@ public final class Net: VirtioDevice {
         let fd = ckvm_open_tap(options.tap, &name)
         guard fd >= 0 else { throw NetError("tap \(options.tap): \(String(cString: strerror(errno)))") }
         tap = fd
-        interfaceName = String(cString: name)
+        interfaceName = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         self.options = options
     }
 

@@ -10,7 +10,7 @@ public final class Rng: VirtioDevice {
     public let features: UInt64 = 0
     public let queueSizes: [UInt16] = [256]
     static let maxPerRequest = 1 << 16
-    private let worker = Mutex<QueueWorker?>(nil)
+    private let worker = WorkerSlot()
 
     public init() {}
 
@@ -19,9 +19,8 @@ public final class Rng: VirtioDevice {
 
     public func activate(_ context: VirtioContext) throws {
         let queue = context.queues[0]
-        let w = try QueueWorker(name: "virtio-rng", context: context) { _, _ throws(QueueError) in
-            var any = false
-            while let chain = try queue.pop() {
+        worker.set(try QueueWorker(name: "virtio-rng", context: context) { _, _ throws(QueueError) in
+            try queue.drain(context.signals) { chain in
                 let io = ChainIO(memory: context.memory, buffers: chain.writable)
                 var written = 0
                 io.visit(offset: 0, count: min(io.length, UInt64(Self.maxPerRequest))) { p, n in
@@ -33,16 +32,10 @@ public final class Rng: VirtioDevice {
                     }
                     written += done
                 }
-                queue.push(head: chain.head, written: UInt32(written))
-                any = true
+                return UInt32(written)
             }
-            if any && queue.needsInterrupt() { context.signals.usedBuffers() }
-        }
-        worker.withLock { $0 = w }
+        })
     }
 
-    public func reset() {
-        let w = worker.withLock { w -> QueueWorker? in defer { w = nil }; return w }
-        w?.shutdown()
-    }
+    public func reset() { worker.stop() }
 }
