@@ -6,6 +6,7 @@ import Machine
 /// A terminal is put in raw mode, with signals kept so Ctrl-C still stops
 /// Skiff, and restored when the VM stops.
 final class ConsoleInput: @unchecked Sendable {
+    static let endOfFile: UInt8 = 0x04 // ^D
     let fd: Int32
     let serial: Serial8250
     private var saved: termios?
@@ -32,7 +33,17 @@ final class ConsoleInput: @unchecked Sendable {
             while true {
                 let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
                 if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { return } // EOF: the guest just sees no more input
+                guard n > 0 else {
+                    // Host input ended. A serial line has no end-of-file, so
+                    // the guest is sent one the way a terminal sends it: ^D,
+                    // again whenever its receive FIFO is empty, so that a
+                    // shell started later (or a FIFO the driver cleared) gets
+                    // it too. `skiff run < /dev/null` then ends like a pipe.
+                    while true {
+                        if serial.receiveSpace == Serial8250.rxCapacity { serial.receive([Self.endOfFile]) }
+                        usleep(500_000)
+                    }
+                }
                 var pending = buffer[0..<n]
                 while !pending.isEmpty {
                     let taken = serial.receive(pending)

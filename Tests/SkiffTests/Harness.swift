@@ -65,7 +65,7 @@ final class Session: @unchecked Sendable {
     private var out = Data(), err = Data()
     private var openStreams = 2
     private var rawStatus: Int32?
-    private let inputFD: Int32
+    private var inputFD: Int32
     private let started = Date()
 
     init(_ executable: String, _ args: [String], environment: [String: String]? = nil) throws {
@@ -96,7 +96,14 @@ final class Session: @unchecked Sendable {
         collect(stderr[0], isError: true)
     }
 
-    deinit { close(inputFD) }
+    deinit { closeInput() }
+
+    /// Ends the child's standard input (end-of-file).
+    func closeInput() {
+        lock.withLock {
+            if inputFD >= 0 { close(inputFD); inputFD = -1 }
+        }
+    }
 
     private func collect(_ fd: Int32, isError: Bool) {
         Thread.detachNewThread { [self] in

@@ -41,7 +41,8 @@ final class LinuxGuestTests: XCTestCase {
         XCTAssertTrue(s.waitFor("end-2", timeout: 60), s.stdout.suffix(300).description)
         XCTAssertTrue(s.stdout.contains("42 user-space-ok\r\n2\r\n6.1.192-skiff\r\nend-2"), s.stdout.suffix(300).description)
 
-        s.send("reboot -f\n")
+        // Host input ends: Skiff sends the guest ^D, the shell exits, /init reboots.
+        s.closeInput()
         let r = s.wait(timeout: 120)
         XCTAssertEqual(r.status, 0, r.stderr)
         print("linux-guest: /init after \(Int(toInit)) s; idle CPU \(String(format: "%.1f", idle * 100))%; total \(Int(r.seconds)) s")

@@ -12,7 +12,7 @@ public final class Serial8250: BusDevice {
         var rx: [UInt8] = []
     }
 
-    static let rxCapacity = 64
+    public static let rxCapacity = 64
     // Register bits (16550 data sheet).
     static let ierRDA: UInt8 = 0x01, ierTHRE: UInt8 = 0x02
     static let lcrDLAB: UInt8 = 0x80
