@@ -28,7 +28,7 @@ static void report(const char *what, int v) { puts_(what); putc_(' '); puthex((u
 
 int main(void) {
     struct vdev rw, ro;
-    if (vdev_find(&rw, 2, 0) || vdev_init(&rw, 1 << 9) || vq_setup(&rw, &q0, 0)) { puts_("BLK-NODEV\n"); return 0; }
+    if (vdev_find(&rw, 2, 0) || vdev_init(&rw, (1 << 9) | (1 << 13) | (1 << 14)) || vq_setup(&rw, &q0, 0)) { puts_("BLK-NODEV\n"); return 0; }
     vdev_driver_ok(&rw);
     uint64_t capacity = (uint64_t)mmio_read32(rw.base + 0x100) | (uint64_t)mmio_read32(rw.base + 0x104) << 32;
     puts_("BLK-CAPACITY "); putdec(capacity); putc_('\n');
@@ -41,6 +41,17 @@ int main(void) {
     report("BLK-GETID", request(&q0, 8, 0, rbuf, 20, 1));
     puts_("BLK-ID "); puts_((const char *)rbuf); putc_('\n');
     report("BLK-RANGE", request(&q0, 0, capacity, rbuf, 512, 1));
+    /* write-zeroes over sectors 16-23 and discard of 24-31, both first filled */
+    static struct { uint64_t sector; uint32_t count, flags; } seg;
+    report("BLK-FILL", request(&q0, 1, 16, wbuf, 4096, 0) | request(&q0, 1, 24, wbuf, 4096, 0));
+    seg.sector = 16; seg.count = 8; seg.flags = 0;
+    report("BLK-WRITE-ZEROES", request(&q0, 13, 0, &seg, sizeof seg, 0));
+    seg.sector = 24; seg.count = 8; seg.flags = 0;
+    report("BLK-DISCARD", request(&q0, 11, 0, &seg, sizeof seg, 0));
+    report("BLK-READ-ZEROES", request(&q0, 0, 16, rbuf, 4096, 1));
+    int zero = 1;
+    for (int i = 0; i < 4096; i++) zero &= rbuf[i] == 0;
+    puts_(zero ? "BLK-ZEROED OK\n" : "BLK-ZEROED BAD\n");
     report("BLK-UNSUPPORTED", request(&q0, 99, 0, 0, 0, 0));
     if (vdev_find(&ro, 2, 1) == 0 && vdev_init(&ro, 1 << 5) == 0 && vq_setup(&ro, &q1, 0) == 0) {
         vdev_driver_ok(&ro);

@@ -23,6 +23,8 @@ public struct VMConfiguration: Sendable {
     /// A virtio-vsock device with its host side on Unix sockets.
     public var vsock: Vsock.Options?
 
+    public var hasVirtioDevices: Bool { !disks.isEmpty || !nets.isEmpty || rng || vsock != nil || balloon != nil }
+
     public static let maxCpus = 254 // APIC IDs 0..253, the IOAPIC takes the next
     public static let minimumMemoryMiB: UInt64 = 2
     public static let defaultCommandLine = "console=ttyS0 reboot=k panic=-1 io_delay=none"

@@ -56,39 +56,13 @@ public final class VirtualMachine: @unchecked Sendable {
         try vm.createPIT()
 
         // virtio devices: a 4 KiB MMIO window and an interrupt line each,
-        // announced to Linux on its command line. Queue notifications reach
-        // the device thread through ioeventfds and interrupts leave it
-        // through irqfds: neither needs a vCPU to come out to Skiff.
-        var mmio = Bus()
-        var transports: [MMIOTransport] = []
-        var devices: [(any VirtioDevice, String)] = []
-        for (i, disk) in config.disks.enumerated() {
-            devices.append((try Block(disk), "virtio-blk \(disk.path) (vd\(Character(UnicodeScalar(UInt8(97 + i)))))"))
+        // announced to Linux on its command line; assembled only when asked for.
+        let announcements: [String]
+        if config.hasVirtioDevices {
+            (mmio, virtio, announcements) = try Self.assembleVirtio(config, vm: vm, memory: memory, hostNetwork: hostNetwork)
+        } else {
+            (mmio, virtio, announcements) = (Bus(), [], [])
         }
-        for n in config.nets {
-            let net = try Net(n)
-            try hostNetwork.setUp(n, interface: net.interfaceName)
-            devices.append((net, "virtio-net tap \(net.interfaceName)"))
-        }
-        if config.rng { devices.append((Rng(), "virtio-rng")) }
-        if let b = config.balloon { devices.append((try Balloon(b), "virtio-balloon")) }
-        if let v = config.vsock { devices.append((try Vsock(v), "virtio-vsock cid \(v.cid)")) }
-        var announcements: [String] = []
-        for (i, (device, name)) in devices.enumerated() {
-            let base = X86Layout.virtioMMIOBase + UInt64(i) * MMIOTransport.windowSize
-            let gsi = X86Layout.virtioIRQs[i]
-            let irq = try EventFD()
-            try vm.registerIRQFD(irq.fd, gsi: gsi)
-            let transport = try MMIOTransport(device: device, memory: memory, irq: irq, name: name)
-            for (q, notifier) in transport.notifiers.enumerated() {
-                try vm.registerIOEventFD(notifier.fd, mmioAddress: base + 0x50, value: UInt32(q))
-            }
-            try mmio.attach(transport, at: base, length: MMIOTransport.windowSize)
-            transports.append(transport)
-            announcements.append("virtio_mmio.device=4K@0x\(String(base, radix: 16)):\(gsi)")
-        }
-        virtio = transports
-        self.mmio = mmio
 
         let template = config.cpuTemplate ?? CPUTemplate.automatic()
         let commandLine = ([config.commandLine, template.linuxCommandLine] + announcements).filter { !$0.isEmpty }.joined(separator: " ")
@@ -170,6 +144,44 @@ public final class VirtualMachine: @unchecked Sendable {
 }
 
 extension VirtualMachine {
+    /// The virtio devices the configuration asks for, each on its MMIO
+    /// window with its interrupt, and the command-line words announcing them.
+    static func assembleVirtio(_ config: VMConfiguration, vm: KVMVirtualMachine, memory: GuestMemory,
+                               hostNetwork: HostNetwork) throws -> (Bus, [MMIOTransport], [String]) {
+        // Queue notifications reach each device's thread through an ioeventfd
+        // and interrupts leave it through an irqfd: neither needs a vCPU to
+        // come out to Skiff.
+        var mmio = Bus()
+        var transports: [MMIOTransport] = []
+        var devices: [(any VirtioDevice, String)] = []
+        for (i, disk) in config.disks.enumerated() {
+            devices.append((try Block(disk), "virtio-blk \(disk.path) (vd\(Character(UnicodeScalar(UInt8(97 + i)))))"))
+        }
+        for n in config.nets {
+            let net = try Net(n)
+            try hostNetwork.setUp(n, interface: net.interfaceName)
+            devices.append((net, "virtio-net tap \(net.interfaceName)"))
+        }
+        if config.rng { devices.append((Rng(), "virtio-rng")) }
+        if let b = config.balloon { devices.append((try Balloon(b), "virtio-balloon")) }
+        if let v = config.vsock { devices.append((try Vsock(v), "virtio-vsock cid \(v.cid)")) }
+        var announcements: [String] = []
+        for (i, (device, name)) in devices.enumerated() {
+            let base = X86Layout.virtioMMIOBase + UInt64(i) * MMIOTransport.windowSize
+            let gsi = X86Layout.virtioIRQs[i]
+            let irq = try EventFD()
+            try vm.registerIRQFD(irq.fd, gsi: gsi)
+            let transport = try MMIOTransport(device: device, memory: memory, irq: irq, name: name)
+            for (q, notifier) in transport.notifiers.enumerated() {
+                try vm.registerIOEventFD(notifier.fd, mmioAddress: base + 0x50, value: UInt32(q))
+            }
+            try mmio.attach(transport, at: base, length: MMIOTransport.windowSize)
+            transports.append(transport)
+            announcements.append("virtio_mmio.device=4K@0x\(String(base, radix: 16)):\(gsi)")
+        }
+        return (mmio, transports, announcements)
+    }
+
     /// SIGQUIT: one line per vCPU on stderr (where is the guest?). Each vCPU
     /// is kicked out of KVM_RUN long enough for its registers to be read.
     func reportVcpus(_ loops: [VcpuLoop], _ threads: [HostThread]) {

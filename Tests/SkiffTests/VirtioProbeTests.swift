@@ -17,13 +17,15 @@ final class VirtioProbeTests: XCTestCase {
                                                     "--disk", rw + ",id=skiff-disk0", "--disk", ro + ",ro"])
         XCTAssertEqual(r.status, 0, r.stderr)
         for line in ["BLK-CAPACITY 16384", "BLK-WRITE 00", "BLK-READ 00", "BLK-COMPARE OK", "BLK-FLUSH 00",
-                     "BLK-GETID 00", "BLK-ID skiff-disk0", "BLK-RANGE 01", "BLK-UNSUPPORTED 02",
+                     "BLK-GETID 00", "BLK-ID skiff-disk0", "BLK-RANGE 01", "BLK-FILL 00", "BLK-WRITE-ZEROES 00",
+                     "BLK-DISCARD 00", "BLK-READ-ZEROES 00", "BLK-ZEROED OK", "BLK-UNSUPPORTED 02",
                      "BLK-RO-FEATURE 01", "BLK-RO-WRITE 01", "BLK-RO-READ 00", "BLK-DONE"] {
             XCTAssertTrue(r.stdout.contains(line + "\n"), "missing \(line) in:\n\(r.stdout)")
         }
         // The host sees exactly the bytes the guest wrote, where it wrote them.
         let disk = [UInt8](try Data(contentsOf: URL(fileURLWithPath: rw)))
         XCTAssertEqual(Array(disk[4096..<8192]), (0..<4096).map { UInt8(truncatingIfNeeded: $0 * 7 + 3) })
+        // Sectors 16-31 were written, then zeroed (write-zeroes) and punched (discard).
         XCTAssertTrue(disk[0..<4096].allSatisfy { $0 == 0 } && disk[8192...].allSatisfy { $0 == 0 })
         XCTAssertTrue(try Data(contentsOf: URL(fileURLWithPath: ro)).allSatisfy { $0 == 0x5a }, "read-only disk changed")
         let syscalls = try String(contentsOfFile: trace, encoding: .utf8)
