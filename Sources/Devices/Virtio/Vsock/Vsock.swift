@@ -18,6 +18,9 @@ public final class Vsock: VirtioDevice {
     public static let hostCID: UInt64 = 2
     static let bufferAllocation: UInt32 = 256 << 10
     static let maxPayload = 64 << 10
+    /// Control packets waiting for rx buffers; past this a guest that sends
+    /// without receiving gets no more (its RSTs and updates are dropped).
+    static let maxQueuedControl = 1024
     /// A guest that writes this much past its credit is cut off.
     static let overrunLimit = Int(bufferAllocation) + (64 << 10)
 
@@ -358,10 +361,12 @@ final class VsockLoop: @unchecked Sendable {
     }
 
     private func send(_ c: VsockConnection, _ op: VsockHeader.Op, flags: UInt32 = 0) {
+        guard control.count < Vsock.maxQueuedControl else { return }
         control.append(header(c, op, flags: flags))
     }
 
     private func reply(to h: VsockHeader, _ op: VsockHeader.Op) {
+        guard control.count < Vsock.maxQueuedControl else { return }
         control.append(VsockHeader(sourceCID: Vsock.hostCID, destinationCID: options.cid, sourcePort: h.destinationPort,
                                    destinationPort: h.sourcePort, op: op))
     }
