@@ -48,16 +48,22 @@ final class ProbeGuestTests: XCTestCase {
 
 /// A guest is an attacker from its first instruction.
 final class HostileGuestTests: XCTestCase {
+    /// SIGTERM stops a running Skiff within 2 s, cleanly.
+    func stopWithSIGTERM(_ s: Session, file: StaticString = #filePath, line: UInt = #line) -> Harness.Result {
+        let t0 = Date()
+        s.signal(SIGTERM)
+        let r = s.wait(timeout: 5)
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 2, file: file, line: line)
+        XCTAssertEqual(r.status, 0, r.stderr, file: file, line: line)
+        XCTAssertFalse(r.signaled, file: file, line: line)
+        return r
+    }
+
     func testGarbageToEveryPortAndMMIOLeavesSkiffAlive() throws {
         let s = try Session(Harness.skiff, ["run", "--kernel", Harness.probe("hostile-io")])
         XCTAssertTrue(s.waitFor("HOSTILE-DONE", timeout: 120), "probe did not finish: \(s.stdout.suffix(200))")
         XCTAssertTrue(s.isRunning, "skiff died: \(s.stderr)")
-        let t0 = Date()
-        s.signal(SIGTERM)
-        let r = s.wait(timeout: 5)
-        XCTAssertLessThan(Date().timeIntervalSince(t0), 2)
-        XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertFalse(r.signaled)
+        let r = stopWithSIGTERM(s)
         XCTAssertTrue(r.stderr.contains("SIGTERM"), r.stderr)
     }
 
@@ -69,11 +75,6 @@ final class HostileGuestTests: XCTestCase {
         let after = s.stdout.count
         XCTAssertTrue(s.isRunning, "skiff died: \(s.stderr)")
         XCTAssertGreaterThan(after, before, "no progress in the last 2 s: the guest's exits are not being served")
-        let t0 = Date()
-        s.signal(SIGTERM)
-        let r = s.wait(timeout: 5)
-        XCTAssertLessThan(Date().timeIntervalSince(t0), 2)
-        XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertFalse(r.signaled)
+        _ = stopWithSIGTERM(s)
     }
 }
