@@ -16,7 +16,7 @@ let package = Package(
     targets: [
         .target(name: "CKVM"),
         .target(name: "KVM", dependencies: ["CKVM"]),
-        .target(name: "Machine", dependencies: ["KVM"]),
+        .target(name: "Machine", dependencies: ["KVM", "CKVM"]),
         .target(name: "Devices", dependencies: ["Machine", "CKVM"]),
         .target(name: "HostTools"),
         .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM", "HostTools"]),

@@ -22,6 +22,9 @@ public struct VMConfiguration: Sendable {
     public var balloon: Balloon.Options?
     /// A virtio-vsock device with its host side on Unix sockets.
     public var vsock: Vsock.Options?
+    /// KVM's dirty log and Skiff's own record of device writes, so that
+    /// diff snapshots can save only what changed.
+    public var trackDirtyPages = false
 
     public var hasVirtioDevices: Bool { !disks.isEmpty || !nets.isEmpty || rng || vsock != nil || balloon != nil }
 

@@ -15,7 +15,12 @@ public final class VirtualMachine: @unchecked Sendable {
     let vm: KVMVirtualMachine
     public let memory: GuestMemory
     let vcpus: [KVMVcpu]
+    /// The CPUID table each vCPU was given (a snapshot saves it: on some
+    /// backends KVM_GET_CPUID2 reports the host's bits, not these).
+    let cpuidTables: [[kvm_cpuid_entry2]]
     let serial: Serial8250
+    let i8042: I8042
+    let cmos: CMOS
     let io: Bus
     let mmio: Bus
     /// The virtio devices, each behind its MMIO transport.
@@ -25,12 +30,20 @@ public final class VirtualMachine: @unchecked Sendable {
     /// Host networking set up for --net, undone when the VM stops.
     let hostNetwork = HostNetwork()
     private let mainThread = pthread_self()
+    /// Pause, resume and snapshots (VirtualMachine+Control).
+    let pauseGate = PauseGate()
+    let control = Mutex(ControlState())
+    /// The vCPU loops and their threads while `run` runs.
+    let running = Mutex<[(VcpuLoop, HostThread)]>([])
 
     /// Signals the main thread waits for; blocked in every thread so that
     /// only its sigwait sees them.
     static let controlSignals: [Int32] = [SIGTERM, SIGINT, SIGHUP, SIGUSR2, SIGQUIT]
 
-    public init(_ config: VMConfiguration, consoleOutput: @escaping @Sendable (UInt8) -> Void) throws {
+    /// Builds a VM that boots `config`'s kernel, or, with `snapshot`, the
+    /// VM the snapshot saved, in the state it saved.
+    public init(_ config: VMConfiguration, restoring snapshot: SnapshotImage? = nil,
+                consoleOutput: @escaping @Sendable (UInt8) -> Void) throws {
         configuration = config
         // If building the VM fails after host networking was set up, undo it.
         var built = false
@@ -38,18 +51,27 @@ public final class VirtualMachine: @unchecked Sendable {
         defer { if !built { network.tearDown() } }
         let memoryBytes = config.memoryMiB << 20
         // Read and check what the user gave before touching KVM.
-        let kernelBytes = try HostFiles.read(config.kernelPath, what: "kernel", limit: memoryBytes)
-        let kernel = try KernelImage.parse(kernelBytes, path: config.kernelPath)
-        let initrd = try config.initrdPath.map { (path: $0, bytes: try HostFiles.read($0, what: "initrd", limit: memoryBytes)) }
+        var kernel: KernelImage?
+        var initrd: (path: String, bytes: [UInt8])?
+        if snapshot == nil {
+            let kernelBytes = try HostFiles.read(config.kernelPath, what: "kernel", limit: memoryBytes)
+            kernel = try KernelImage.parse(kernelBytes, path: config.kernelPath)
+            initrd = try config.initrdPath.map { (path: $0, bytes: try HostFiles.read($0, what: "initrd", limit: memoryBytes)) }
+        }
 
         kvm = try KVMSystem(path: config.kvmPath)
         guard config.cpus <= kvm.maxVcpus else {
             throw ConfigurationError("--cpus \(config.cpus): KVM on this host allows at most \(kvm.maxVcpus)")
         }
         vm = try kvm.createVM()
-        memory = try GuestMemory(size: memoryBytes)
+        if let snapshot {
+            memory = try GuestMemory(size: memoryBytes, layers: snapshot.layers, trackDirty: config.trackDirtyPages)
+        } else {
+            memory = try GuestMemory(size: memoryBytes, trackDirty: config.trackDirtyPages)
+        }
         for (slot, region) in memory.regions.enumerated() {
-            try vm.setUserMemoryRegion(slot: UInt32(slot), guestPhysical: region.guestBase, size: region.size, host: region.host)
+            try vm.setUserMemoryRegion(slot: UInt32(slot), guestPhysical: region.guestBase, size: region.size,
+                                       host: region.host, logDirty: config.trackDirtyPages)
         }
         try? vm.setTSSAddress(X86Layout.kvmTSS) // VMX needs it; other backends may refuse
         try vm.createIRQChip()
@@ -65,33 +87,48 @@ public final class VirtualMachine: @unchecked Sendable {
         }
 
         let template = config.cpuTemplate ?? CPUTemplate.automatic()
-        let commandLine = ([config.commandLine, template.linuxCommandLine] + announcements).filter { !$0.isEmpty }.joined(separator: " ")
-        let boot = try BootSetup.prepare(memory: memory, kernel: kernel, initrd: initrd,
-                                         commandLine: commandLine, cpus: config.cpus)
+        var boot: BootSetup?
+        if let kernel {
+            let commandLine = ([config.commandLine, template.linuxCommandLine] + announcements).filter { !$0.isEmpty }.joined(separator: " ")
+            boot = try BootSetup.prepare(memory: memory, kernel: kernel, initrd: initrd,
+                                          commandLine: commandLine, cpus: config.cpus)
+        }
 
         // Devices. Each sits where a PC has it.
         var io = Bus()
         serial = Serial8250(irq: KVMInterruptLine(vm: vm, irq: 4), sink: consoleOutput)
         try io.attach(serial, at: 0x3f8, length: 8)
         let stopHandle = StopHandle()
-        try io.attach(I8042(onReset: { stopHandle.stop(.reset("i8042")) }), at: 0x60, length: 5)
-        try io.attach(CMOS(), at: 0x70, length: 2)
+        i8042 = I8042(onReset: { stopHandle.stop(.reset("i8042")) })
+        try io.attach(i8042, at: 0x60, length: 5)
+        cmos = CMOS()
+        try io.attach(cmos, at: 0x70, length: 2)
         self.io = io
 
         // vCPUs: CPUID and MSRs for all; the boot CPU gets the entry state,
-        // the others wait for INIT/SIPI from the guest.
+        // the others wait for INIT/SIPI from the guest. A restored vCPU
+        // gets the CPUID it had; its state comes after.
         let supported = try kvm.supportedCPUID()
         var vcpus: [KVMVcpu] = []
+        var cpuidTables: [[kvm_cpuid_entry2]] = []
         for id in 0..<UInt32(config.cpus) {
             let vcpu = try vm.createVcpu(id: id)
-            try vcpu.setCPUID(template.apply(to: supported, vcpu: id, vcpus: config.cpus))
-            try vcpu.setMSRs(VcpuBoot.bootMSRs)
-            try VcpuBoot.configureLocalInterrupts(vcpu)
-            if id == 0 { try VcpuBoot.configure(vcpu, entry: boot.entry) }
+            let cpuid = try snapshot?.cpuid(vcpu: id, supported: supported) ?? template.apply(to: supported, vcpu: id, vcpus: config.cpus)
+            try vcpu.setCPUID(cpuid)
+            cpuidTables.append(cpuid)
+            if snapshot == nil {
+                try vcpu.setMSRs(VcpuBoot.bootMSRs)
+                try VcpuBoot.configureLocalInterrupts(vcpu)
+                if id == 0, let boot { try VcpuBoot.configure(vcpu, entry: boot.entry) }
+            }
             vcpus.append(vcpu)
         }
         self.vcpus = vcpus
+        self.cpuidTables = cpuidTables
         stopHandle.machine = self
+        if let snapshot {
+            try restoreState(from: snapshot)
+        }
         built = true
     }
 
@@ -107,7 +144,7 @@ public final class VirtualMachine: @unchecked Sendable {
 
     /// Runs the guest until it stops; must be called on the thread that
     /// created the VM. Host input is forwarded to the console meanwhile.
-    public func run(consoleInput: Int32? = STDIN_FILENO) throws -> StopReason {
+    public func run(consoleInput: Int32? = STDIN_FILENO, controlSocket: String? = nil, startPaused: Bool = false) throws -> StopReason {
         var signals = sigset_t()
         sigemptyset(&signals)
         for s in Self.controlSignals + [SIGUSR1] { sigaddset(&signals, s) }
@@ -115,13 +152,22 @@ public final class VirtualMachine: @unchecked Sendable {
         _ = ckvm_install_kick_handler(SIGUSR1)
         signal(SIGPIPE, SIG_IGN)
 
-        let loops = vcpus.map { VcpuLoop(vcpu: $0, io: io, mmio: mmio, stopping: stopping, onStop: { [unowned self] in self.stop($0) }) }
+        let loops = vcpus.map { VcpuLoop(vcpu: $0, io: io, mmio: mmio, stopping: stopping, pauseGate: pauseGate,
+                                         onStop: { [unowned self] in self.stop($0) }) }
+        // A VM restored paused parks its vCPUs before they run.
+        if startPaused {
+            pauseGate.request()
+            for t in virtio { t.quiesce() }
+            control.withLock { $0.paused = true }
+        }
         var threads: [HostThread] = []
         for loop in loops {
             threads.append(try HostThread(name: "vcpu\(loop.vcpu.id)") { loop.run() })
         }
+        running.withLock { $0 = Array(zip(loops, threads)) }
         let console = consoleInput.map { ConsoleInput(fd: $0, serial: serial) }
         try console?.start()
+        let controlServer = try controlSocket.map { try ControlServer(path: $0, machine: self) }
 
         var control = sigset_t()
         sigemptyset(&control)
@@ -133,9 +179,12 @@ public final class VirtualMachine: @unchecked Sendable {
             if received == SIGQUIT { reportVcpus(loops, threads); continue }
             stop(.signal(received))
         }
+        controlServer?.shutdown()
         stopping.set()
+        pauseGate.release()
         for (loop, thread) in zip(loops, threads) { loop.kick(thread) }
         for thread in threads { thread.join() }
+        running.withLock { $0 = [] }
         for transport in virtio { transport.device.reset() } // stop device threads
         hostNetwork.tearDown()
         console?.restoreTerminal()

@@ -15,6 +15,15 @@ usage: skiff run [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--cpus N]
                  [--net tap=NAME[,mac=MAC][,host=ADDR/PREFIX][,bridge=BR][,nat]]...
                  [--vsock cid=N,socket=PATH]
                  [--balloon [size=MIB][,no-deflate-on-oom][,no-reporting]]
+                 [--control-socket PATH] [--track-dirty-pages]
+       skiff restore SNAPSHOT [--control-socket PATH] [--paused] [--track-dirty-pages]
+                 [--net ...]... [--vsock ...]   (these replace the saved ones)
+       skiff clone SNAPSHOT -n N [--output-dir DIR]
+                                   N VMs from one snapshot, each with its own
+                                   MAC, vsock CID and socket, TAP name
+       skiff pause|resume|status SOCKET
+       skiff snapshot SOCKET DIR [--diff]
+                                   through a VM's control socket
        skiff kernel build|path     build (if needed) and print the default kernel
        skiff initramfs path        build (if needed) and print the default initramfs
 
@@ -44,6 +53,10 @@ struct RunOptions {
     var vsock: Vsock.Options?
     var nets: [Net.Options] = []
     var balloon: Balloon.Options?
+    var controlSocket: String?
+    var trackDirtyPages = false
+    var paused = false
+    var cloneIndex: Int?
 
     init(_ args: ArraySlice<String>) throws(ConfigurationError) {
         var rest = args
@@ -53,6 +66,8 @@ struct RunOptions {
         }
         while let arg = rest.popFirst() {
             if arg == "--rng" { rng = true; continue }
+            if arg == "--track-dirty-pages" { trackDirtyPages = true; continue }
+            if arg == "--paused" { paused = true; continue }
             if arg == "--balloon" { // its options are optional
                 if let next = rest.first, !next.hasPrefix("--") { balloon = try Self.balloon(value(arg)) } else { balloon = Balloon.Options() }
                 continue
@@ -87,6 +102,11 @@ struct RunOptions {
             case "--vsock": vsock = try Self.vsock(try v())
             case "--net": nets.append(try Self.net(try v(), index: nets.count))
             case "--balloon": balloon = try Self.balloon(try v())
+            case "--control-socket": controlSocket = try v()
+            case "--clone-index":
+                let s = try v()
+                guard let n = Int(s), n >= 0, n < 1 << 16 else { throw ConfigurationError("--clone-index \(s): not a clone number") }
+                cloneIndex = n
             default: throw ConfigurationError("unknown option \(arg) (see skiff --help)")
             }
         }
@@ -170,10 +190,12 @@ extension KVMUnavailable: UserInputError {}
 extension BlockError: UserInputError {}
 extension VsockError: UserInputError {}
 extension NetError: UserInputError {}
+extension SnapshotError: UserInputError {}
 
 func run(_ args: ArraySlice<String>) -> Never {
     let options: RunOptions
     do { options = try RunOptions(args) } catch { fail(error.description, status: 2) }
+    guard !options.paused, options.cloneIndex == nil else { fail("--paused and --clone-index are for skiff restore", status: 2) }
 
     var config: VMConfiguration
     do {
@@ -193,15 +215,50 @@ func run(_ args: ArraySlice<String>) -> Never {
     config.vsock = options.vsock
     config.nets = options.nets
     config.balloon = options.balloon
-    if let device = getenv("SKIFF_KVM_DEVICE") { config.kvmPath = String(cString: device) }
+    launch(config, snapshot: nil, options: options)
+}
 
+/// `skiff restore SNAPSHOT`: the snapshot's VM, as it was, with the
+/// identity options given (or a clone's) in place of the saved ones.
+func restore(_ args: ArraySlice<String>) -> Never {
+    guard let directory = args.first, !directory.hasPrefix("-") else { fail("usage: skiff restore SNAPSHOT [options]", status: 2) }
+    let options: RunOptions
+    do { options = try RunOptions(args.dropFirst()) } catch { fail(error.description, status: 2) }
+    guard options.kernel == nil, options.initrd == nil, options.cmdline == nil, options.disks.isEmpty, !options.rng,
+          options.balloon == nil, options.template == nil else {
+        fail("skiff restore: the snapshot fixes the kernel, memory, CPUs and devices; only --net, --vsock, --control-socket, --paused and --track-dirty-pages may be given", status: 2)
+    }
+    let image: SnapshotImage
+    do { image = try SnapshotImage.load(directory) } catch { fail(error.description, status: 2) }
+    var config = image.configuration
+    if !options.nets.isEmpty {
+        guard options.nets.count == config.nets.count else {
+            fail("skiff restore: the snapshot's VM has \(config.nets.count) network devices, \(options.nets.count) --net given", status: 2)
+        }
+        config.nets = options.nets
+    }
+    if let v = options.vsock {
+        guard config.vsock != nil else { fail("skiff restore: the snapshot's VM has no vsock device", status: 2) }
+        config.vsock = v
+    }
+    if let i = options.cloneIndex {
+        do { try Clone.identity(&config, index: i) } catch { fail(error.description, status: 2) }
+    }
+    launch(config, snapshot: image, options: options)
+}
+
+/// Builds the VM (booting or restoring), runs it, exits with its status.
+func launch(_ base: VMConfiguration, snapshot: SnapshotImage?, options: RunOptions) -> Never {
+    var config = base
+    config.trackDirtyPages = options.trackDirtyPages
+    if let device = getenv("SKIFF_KVM_DEVICE") { config.kvmPath = String(cString: device) }
     do {
         try config.validate(hostMemoryMiB: HostFiles.hostMemoryMiB())
-        let machine = try VirtualMachine(config, consoleOutput: { byte in
+        let machine = try VirtualMachine(config, restoring: snapshot, consoleOutput: { byte in
             var b = byte
             _ = write(1, &b, 1)
         })
-        let reason = try machine.run()
+        let reason = try machine.run(controlSocket: options.controlSocket, startPaused: options.paused)
         if reason.exitStatus != 0 || { if case .reset = reason { return false }; return true }() {
             fail(reason.description, status: reason.exitStatus)
         }
@@ -217,6 +274,12 @@ let args = CommandLine.arguments.dropFirst()
 switch args.first {
 case "run":
     run(args.dropFirst())
+case "restore":
+    restore(args.dropFirst())
+case "clone":
+    Clone.main(args.dropFirst())
+case "pause", "resume", "status", "snapshot":
+    ControlClient.main(args)
 case "kernel":
     switch args.dropFirst().first {
     case "build", "path":

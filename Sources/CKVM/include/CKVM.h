@@ -48,6 +48,33 @@ static const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
 static const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
 static const unsigned long CKVM_GET_MP_STATE = KVM_GET_MP_STATE;
 
+// Saving and restoring a VM (snapshots).
+static const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
+static const unsigned long CKVM_GET_FPU = KVM_GET_FPU;
+static const unsigned long CKVM_GET_XSAVE = KVM_GET_XSAVE;
+static const unsigned long CKVM_SET_XSAVE = KVM_SET_XSAVE;
+static const unsigned long CKVM_GET_XCRS = KVM_GET_XCRS;
+static const unsigned long CKVM_SET_XCRS = KVM_SET_XCRS;
+static const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+static const unsigned long CKVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+static const unsigned long CKVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+static const unsigned long CKVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
+static const unsigned long CKVM_GET_CPUID2 = KVM_GET_CPUID2;
+static const unsigned long CKVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
+static const unsigned long CKVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
+static const unsigned long CKVM_GET_PIT2 = KVM_GET_PIT2;
+static const unsigned long CKVM_SET_PIT2 = KVM_SET_PIT2;
+static const unsigned long CKVM_GET_CLOCK = KVM_GET_CLOCK;
+static const unsigned long CKVM_SET_CLOCK = KVM_SET_CLOCK;
+static const unsigned long CKVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
+static const unsigned long CKVM_KVMCLOCK_CTRL = KVM_KVMCLOCK_CTRL;
+static const uint32_t CKVM_MEM_LOG_DIRTY_PAGES = KVM_MEM_LOG_DIRTY_PAGES;
+static const int CKVM_CAP_XSAVE = KVM_CAP_XSAVE;
+static const int CKVM_CAP_XCRS = KVM_CAP_XCRS;
+static const int CKVM_CAP_VCPU_EVENTS = KVM_CAP_VCPU_EVENTS;
+static const int CKVM_CAP_DEBUGREGS = KVM_CAP_DEBUGREGS;
+static const int CKVM_CAP_ADJUST_CLOCK = KVM_CAP_ADJUST_CLOCK;
+
 // Exit reasons and capabilities used by Swift code, re-exported as plain
 // constants so the enum-like macros import with one type.
 static const uint32_t CKVM_EXIT_IO = KVM_EXIT_IO;
@@ -107,12 +134,37 @@ static const int CKVM_FALLOC_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE;
 static const int CKVM_FALLOC_KEEP_SIZE = FALLOC_FL_KEEP_SIZE;
 static const int CKVM_FALLOC_ZERO_RANGE = FALLOC_FL_ZERO_RANGE;
 int ckvm_o_direct(void);
+// lseek whence values glibc only names under _GNU_SOURCE (Linux's numbers).
+static const int CKVM_SEEK_DATA = 3;
+static const int CKVM_SEEK_HOLE = 4;
 
 // Opens /dev/net/tun as the TAP interface `name` (created if missing,
 // which needs CAP_NET_ADMIN): no packet info header, non-blocking. Returns
 // the fd, or -1 with errno set. `actual` receives the kernel's name.
 int ckvm_open_tap(const char *name, char actual[16]);
 int ckvm_fallocate(int fd, int mode, off_t offset, off_t length);
+
+// KVM_GET_MSR_INDEX_LIST on the system fd: the MSRs KVM saves and
+// restores for a vCPU. Fills up to `capacity` indices; returns how many
+// there are, or -1 with errno set.
+int ckvm_msr_index_list(int kvm_fd, uint32_t *indices, uint32_t capacity);
+
+// KVM_GET_MSRS / KVM_SET_MSRS for `count` MSRs (`values` read or written).
+// Returns how many were processed (KVM stops at the first it refuses), or -1.
+int ckvm_get_msrs(int vcpu_fd, const uint32_t *indices, uint64_t *values, uint32_t count);
+int ckvm_set_msrs(int vcpu_fd, const uint32_t *indices, const uint64_t *values, uint32_t count);
+
+// CRC-32C (Castagnoli) of `length` bytes, continuing from `crc` (0 to
+// start); the SSE4.2 instruction when the CPU has it.
+uint32_t ckvm_crc32c(uint32_t crc, const void *data, size_t length);
+
+// Atomically sets bits in a word of a bitmap shared between threads.
+static inline void ckvm_atomic_or_u64(uint64_t *word, uint64_t bits) {
+    __atomic_fetch_or(word, bits, __ATOMIC_RELAXED);
+}
+static inline uint64_t ckvm_atomic_exchange_u64(uint64_t *word, uint64_t value) {
+    return __atomic_exchange_n(word, value, __ATOMIC_RELAXED);
+}
 
 // Installs a handler that does nothing, without SA_RESTART, so that a
 // signal aimed at a vCPU thread makes KVM_RUN return with EINTR.

@@ -6,8 +6,8 @@ import Synchronization
 /// Time is read from a clock the VMM supplies (the host's by default), in
 /// BCD and 24-hour mode, as a PC BIOS leaves it.
 public final class CMOS: BusDevice {
-    private struct Registers { var index: UInt8 = 0; var ram = [UInt8](repeating: 0, count: 128) }
-    private let state: Mutex<Registers>
+    struct Registers { var index: UInt8 = 0; var ram = [UInt8](repeating: 0, count: 128) }
+    let state: Mutex<Registers>
     private let clock: @Sendable () -> Int
 
     public static let hostClock: @Sendable () -> Int = { Int(time(nil)) }
@@ -48,5 +48,21 @@ public final class CMOS: BusDevice {
         gmtime_r(&t, &parts)
         let v = Int(field(parts))
         return UInt8((v / 10) << 4 | (v % 10))
+    }
+}
+
+extension CMOS {
+    /// The RAM and index; the time is the host's, read when the guest asks.
+    public func saveState(_ w: inout StateWriter) {
+        let s = state.withLock { $0 }
+        w.u8(s.index)
+        w.blob(s.ram)
+    }
+
+    public func restoreState(_ r: inout StateReader) throws(SnapshotError) {
+        let index = try r.u8() & 0x7f
+        let ram = try r.blob(limit: 128)
+        guard ram.count == 128 else { throw SnapshotError("CMOS state: \(ram.count) bytes of RAM, expected 128") }
+        state.withLock { $0.index = index; $0.ram = ram }
     }
 }

@@ -9,8 +9,8 @@ public final class I8042: BusDevice {
     static let pulseReset: UInt8 = 0xfe
     static let readConfig: UInt8 = 0x20, writeConfig: UInt8 = 0x60
 
-    private struct Registers { var config: UInt8 = 0; var pending: UInt8?; var expectConfig = false }
-    private let state = Mutex(Registers())
+    struct Registers { var config: UInt8 = 0; var pending: UInt8?; var expectConfig = false }
+    let state = Mutex(Registers())
     private let onReset: @Sendable () -> Void
 
     public init(onReset: @escaping @Sendable () -> Void) { self.onReset = onReset }
@@ -42,5 +42,25 @@ public final class I8042: BusDevice {
             return false
         }
         if reset { onReset() }
+    }
+}
+
+extension I8042 {
+    public func saveState(_ w: inout StateWriter) {
+        let s = state.withLock { $0 }
+        w.u8(s.config)
+        w.bool(s.pending != nil)
+        w.u8(s.pending ?? 0)
+        w.bool(s.expectConfig)
+    }
+
+    public func restoreState(_ r: inout StateReader) throws(SnapshotError) {
+        var s = Registers()
+        s.config = try r.u8()
+        let hasPending = try r.bool()
+        let pending = try r.u8()
+        s.pending = hasPending ? pending : nil
+        s.expectConfig = try r.bool()
+        state.withLock { $0 = s }
     }
 }

@@ -19,7 +19,7 @@ public final class Serial8250: BusDevice {
     static let mcrLoop: UInt8 = 0x10
     static let lsrDR: UInt8 = 0x01, lsrTHRE: UInt8 = 0x20, lsrTEMT: UInt8 = 0x40
 
-    private let state = Mutex(Registers())
+    let state = Mutex(Registers())
     private let irq: any InterruptLine
     private let sink: @Sendable (UInt8) -> Void
 
@@ -115,5 +115,23 @@ public final class Serial8250: BusDevice {
         default: break
         }
         return false
+    }
+}
+
+extension Serial8250 {
+    public func saveState(_ w: inout StateWriter) {
+        let s = state.withLock { $0 }
+        for v in [s.ier, s.lcr, s.mcr, s.scr, s.dll, s.dlm, s.fcr] { w.u8(v) }
+        w.bool(s.thrEmptyPending)
+        w.blob(s.rx)
+    }
+
+    public func restoreState(_ r: inout StateReader) throws(SnapshotError) {
+        var s = Registers()
+        s.ier = try r.u8() & 0x0f; s.lcr = try r.u8(); s.mcr = try r.u8() & 0x1f; s.scr = try r.u8()
+        s.dll = try r.u8(); s.dlm = try r.u8(); s.fcr = try r.u8() & 0xc9
+        s.thrEmptyPending = try r.bool()
+        s.rx = try r.blob(limit: Self.rxCapacity)
+        state.withLock { $0 = s }
     }
 }

@@ -45,6 +45,7 @@ public struct ChainIO {
             if skip >= len { skip -= len; continue }
             let n = min(len - skip, left)
             let p = try! memory.pointer(at: b.address + skip, length: n) // checked by the walker
+            if b.writable { memory.markDirty(b.address + skip, length: n) } // for diff snapshots
             try body(p, Int(n))
             left -= n
             skip = 0

@@ -15,7 +15,7 @@ public final class MMIOTransport: BusDevice {
         public static let featuresOK: UInt32 = 8, needsReset: UInt32 = 64, failed: UInt32 = 128
     }
 
-    private struct Registers {
+    struct Registers {
         var status: UInt32 = 0
         var deviceFeaturesSelect: UInt32 = 0
         var driverFeaturesSelect: UInt32 = 0
@@ -30,8 +30,11 @@ public final class MMIOTransport: BusDevice {
     public let signals: VirtioSignals
     /// One per queue; KVM signals them directly when ioeventfd is in use.
     public let notifiers: [EventFD]
-    private let memory: GuestMemory
-    private let state: Mutex<Registers>
+    let memory: GuestMemory
+    let state: Mutex<Registers>
+    /// What the device was activated with, while it is active.
+    var context: VirtioContext? { activeContext.withLock { $0 } }
+    let activeContext = Mutex<VirtioContext?>(nil)
 
     public init(device: any VirtioDevice, memory: GuestMemory, irq: EventFD, name: String) throws {
         self.device = device
@@ -118,6 +121,7 @@ public final class MMIOTransport: BusDevice {
     private func writeStatus(_ r: inout Registers, _ v: UInt32) {
         if v == 0 {
             if r.active { device.reset() }
+            activeContext.withLock { $0 = nil }
             let generation = r.configGeneration &+ 1
             r = Registers(queues: device.queueSizes.map { _ in QueueConfiguration() })
             r.configGeneration = generation
@@ -153,8 +157,10 @@ public final class MMIOTransport: BusDevice {
                                             eventIndex: r.driverFeatures & VirtioFeature.eventIndex != 0,
                                             indirect: r.driverFeatures & VirtioFeature.indirectDescriptors != 0))
             }
-            try device.activate(VirtioContext(memory: memory, queues: queues, notifiers: notifiers,
-                                              signals: signals, features: r.driverFeatures))
+            let context = VirtioContext(memory: memory, queues: queues, notifiers: notifiers,
+                                        signals: signals, features: r.driverFeatures)
+            activeContext.withLock { $0 = context }
+            try device.activate(context)
         } catch {
             signals.broken("\(error)")
         }

@@ -106,6 +106,20 @@ public final class VirtQueue: @unchecked Sendable {
         self.indirect = indirect
     }
 
+    /// The device's positions in the rings: all a snapshot needs besides
+    /// the configuration (the rings themselves are in guest memory).
+    public struct Positions: Equatable, Sendable {
+        public var nextAvailable: UInt16, nextUsed: UInt16, usedAtLastSignal: UInt16
+        public init(nextAvailable: UInt16, nextUsed: UInt16, usedAtLastSignal: UInt16) {
+            self.nextAvailable = nextAvailable; self.nextUsed = nextUsed; self.usedAtLastSignal = usedAtLastSignal
+        }
+    }
+
+    public var positions: Positions {
+        get { Positions(nextAvailable: nextAvailable, nextUsed: nextUsed, usedAtLastSignal: usedAtLastSignal) }
+        set { nextAvailable = newValue.nextAvailable; nextUsed = newValue.nextUsed; usedAtLastSignal = newValue.usedAtLastSignal }
+    }
+
     // Ring fields. The ring bounds were checked at init, so these cannot fail.
     private func ring(_ address: UInt64) -> UnsafeMutableRawPointer { try! memory.pointer(at: address, length: 2) }
     private var availIndex: UInt16 { ckvm_load_acquire_u16(ring(config.availableRing + 2)) }
@@ -125,6 +139,7 @@ public final class VirtQueue: @unchecked Sendable {
         nextAvailable &+= 1
         if eventIndex {
             // avail_event: ask to be notified as soon as anything new comes.
+            memory.markDirty(config.usedRing + 4 + 8 * UInt64(size), length: 2)
             ckvm_store_release_u16(ring(config.usedRing + 4 + 8 * UInt64(size)), nextAvailable)
         }
         guard head < size else { throw .headOutOfRange(head) }
@@ -192,6 +207,7 @@ public final class VirtQueue: @unchecked Sendable {
         try! memory.store(UInt32(head), at: element)
         try! memory.store(written, at: element + 4)
         nextUsed &+= 1
+        memory.markDirty(config.usedRing + 2, length: 2)
         ckvm_store_release_u16(ring(config.usedRing + 2), nextUsed)
     }
 

@@ -33,10 +33,29 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func activate(_ context: VirtioContext) throws
     /// Stops the device's work and forgets the queues (status written 0).
     func reset()
+
+    // Pause and snapshot (defaults below suit devices whose only state is
+    // their queues).
+    /// Stops the device's thread between two requests, keeping its state:
+    /// what it had started is finished, nothing new is taken.
+    func quiesce()
+    /// Starts the work again after `quiesce`, on the same queues.
+    func resume(_ context: VirtioContext) throws
+    /// Device state beyond the transport's (which saves the queues).
+    func saveState(_ w: inout StateWriter)
+    func restoreState(_ r: inout StateReader) throws(SnapshotError)
+    /// Called once a restored device is active again: what the host side
+    /// could not keep (vsock connections) is told to the guest here.
+    func didRestore()
 }
 
 extension VirtioDevice {
     public var requiredQueues: Int { queueSizes.count }
+    public func quiesce() { reset() }
+    public func resume(_ context: VirtioContext) throws { try activate(context) }
+    public func saveState(_ w: inout StateWriter) {}
+    public func restoreState(_ r: inout StateReader) throws(SnapshotError) {}
+    public func didRestore() {}
 }
 
 /// Lets a device raise interrupts and report a misbehaving driver without

@@ -8,7 +8,7 @@ public final class EventFD: @unchecked Sendable {
     public let fd: Int32
 
     public init() throws {
-        fd = eventfd(0, Int32(EFD_CLOEXEC))
+        fd = eventfd(0, Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK)) // consume() never blocks
         if fd < 0 { throw SystemError("eventfd") }
     }
 

@@ -20,12 +20,15 @@ public final class VcpuLoop: @unchecked Sendable {
     let io: Bus
     let mmio: Bus
     let stopping: StopFlag
+    let pauseGate: PauseGate
     let onStop: @Sendable (StopReason) -> Void
     /// Exits handled so far (read after the thread ends).
     public private(set) var exits: UInt64 = 0
 
-    public init(vcpu: KVMVcpu, io: Bus, mmio: Bus, stopping: StopFlag, onStop: @escaping @Sendable (StopReason) -> Void) {
+    public init(vcpu: KVMVcpu, io: Bus, mmio: Bus, stopping: StopFlag, pauseGate: PauseGate,
+                onStop: @escaping @Sendable (StopReason) -> Void) {
         self.vcpu = vcpu
+        self.pauseGate = pauseGate
         self.io = io
         self.mmio = mmio
         self.stopping = stopping
@@ -34,9 +37,17 @@ public final class VcpuLoop: @unchecked Sendable {
 
     public func run() {
         _ = ckvm_thread_block_signal(SIGUSR1, 0)
+        // A VM that starts paused: park before the first entry (nothing
+        // is pending yet, so no KVM_RUN is needed to complete an exit).
+        if pauseGate.isRequested { pauseGate.park { vcpu.setImmediateExit(false) } }
         while !stopping.isSet {
             do {
-                guard try vcpu.enter() else { continue }
+                guard try vcpu.enter() else {
+                    // Kicked: to pause (the exit before this one is now
+                    // complete), to stop, or to report registers.
+                    if pauseGate.isRequested { pauseGate.park { vcpu.setImmediateExit(false) } }
+                    continue
+                }
             } catch {
                 onStop(.kvmError("\(error)"))
                 return

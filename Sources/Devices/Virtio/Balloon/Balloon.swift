@@ -138,11 +138,33 @@ public final class Balloon: VirtioDevice {
     private func discard(_ memory: GuestMemory, _ address: UInt64, _ length: UInt64) -> Bool {
         guard length > 0, address % Self.pageSize == 0, length % Self.pageSize == 0,
               let p = try? memory.pointer(at: address, length: length) else { return false }
+        memory.markDirty(address, length: length) // its content changes (to zeros, or the snapshot's)
         return madvise(p, Int(length), MADV_DONTNEED) == 0
     }
 
     public func reset() {
         worker.stop()
         heldStats.withLock { $0 = nil }
+    }
+
+    /// Pausing keeps the stats buffer the guest lent us.
+    public func quiesce() { worker.stop() }
+
+    public func saveState(_ w: inout StateWriter) {
+        let s = snapshot
+        w.u32(s.actualPages)
+        w.u64(s.inflatedPages)
+        w.u64(s.reportedPages)
+        let held = heldStats.withLock { $0 }
+        w.bool(held != nil)
+        w.u16(held ?? 0)
+    }
+
+    public func restoreState(_ r: inout StateReader) throws(SnapshotError) {
+        let actual = try r.u32(), inflated = try r.u64(), reported = try r.u64()
+        let hasHeld = try r.bool()
+        let held = try r.u16()
+        state.withLock { $0.actualPages = actual; $0.inflatedPages = inflated; $0.reportedPages = reported }
+        heldStats.withLock { $0 = hasHeld ? held : nil }
     }
 }

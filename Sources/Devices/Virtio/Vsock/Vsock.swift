@@ -68,7 +68,8 @@ public final class Vsock: VirtioDevice {
     public func writeConfig(offset: Int, data: UnsafeRawBufferPointer) {}
 
     public func activate(_ context: VirtioContext) throws {
-        let l = try VsockLoop(context: context, options: options, listener: listener)
+        let l = try VsockLoop(context: context, options: options, listener: listener,
+                              announceReset: restored.exchange(false, ordering: .sequentiallyConsistent))
         loop.withLock { $0 = l }
     }
 
@@ -76,9 +77,22 @@ public final class Vsock: VirtioDevice {
         let l = loop.withLock { l -> VsockLoop? in defer { l = nil }; return l }
         l?.shutdown()
     }
+
+    /// Pausing keeps the connections; only the thread stops.
+    public func quiesce() { loop.withLock { $0 }?.stopThread() }
+    public func resume(_ context: VirtioContext) throws { try loop.withLock { $0 }?.startThread() }
+
+    /// Connections live in host sockets, which a snapshot cannot carry: a
+    /// restored device tells the guest its transport was reset (virtio
+    /// 1.2, 5.10.6.7), so it drops them and new ones work.
+    private let restored = Atomic<Bool>(false)
+    public func restoreState(_ r: inout StateReader) throws(SnapshotError) {
+        restored.store(true, ordering: .sequentiallyConsistent)
+    }
 }
 
-func unixAddress(_ path: String, _ address: inout sockaddr_un) -> Bool {
+/// Fills a sockaddr_un; false if the path does not fit.
+public func unixAddress(_ path: String, _ address: inout sockaddr_un) -> Bool {
     address.sun_family = sa_family_t(AF_UNIX)
     let bytes = Array(path.utf8)
     guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
@@ -139,18 +153,30 @@ final class VsockLoop: @unchecked Sendable {
     private var nextLocalPort: UInt32 = 1 << 30
     private var broken = false
 
-    init(context: VirtioContext, options: Vsock.Options, listener: Int32) throws {
+    private var announceReset: Bool
+
+    init(context: VirtioContext, options: Vsock.Options, listener: Int32, announceReset: Bool) throws {
         self.context = context
         self.options = options
         self.listener = listener
+        self.announceReset = announceReset
         stop = try EventFD()
+        try startThread()
+    }
+
+    func startThread() throws {
+        _ = stop.consume()
         thread = try HostThread(name: "virtio-vsock") { [self] in run() }
     }
 
-    func shutdown() {
+    func stopThread() {
         stop.signal()
         thread?.join()
         thread = nil
+    }
+
+    func shutdown() {
+        stopThread()
         for c in connections.values { close(c.fd) }
         for fd in pendingHosts.keys { close(fd) }
         connections = [:]
@@ -160,6 +186,13 @@ final class VsockLoop: @unchecked Sendable {
     private func key(_ local: UInt32, _ peer: UInt32) -> UInt64 { UInt64(local) << 32 | UInt64(peer) }
 
     private func run() {
+        if announceReset {
+            announceReset = false
+            do throws(QueueError) { try sendTransportReset() } catch {
+                broken = true
+                context.signals.broken("\(error)")
+            }
+        }
         while true {
             var fds = [stop.fd]
             if !broken {
@@ -183,6 +216,16 @@ final class VsockLoop: @unchecked Sendable {
                 context.signals.broken("\(error)")
             }
         }
+    }
+
+    /// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event queue, if the guest
+    /// gave it a buffer.
+    private func sendTransportReset() throws(QueueError) {
+        let events = context.queues[Queue.event]
+        guard let chain = try events.pop() else { return }
+        let written = ChainIO(memory: context.memory, buffers: chain.writable).write([0, 0, 0, 0], offset: 0)
+        events.push(head: chain.head, written: UInt32(written))
+        if events.needsInterrupt() { context.signals.usedBuffers() }
     }
 
     // MARK: guest -> host

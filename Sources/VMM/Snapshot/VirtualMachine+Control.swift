@@ -1,0 +1,212 @@
+import CKVM
+import Devices
+import Glibc
+import KVM
+import Machine
+import Synchronization
+
+/// What the control socket changes: whether the VM is paused, and the last
+/// snapshot taken or restored (a diff snapshot is relative to it).
+struct ControlState {
+    var paused = false
+    var lastSnapshot: (directory: String, id: [UInt8])?
+}
+
+/// A control request that cannot be done now.
+public struct ControlError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ d: String) { description = d }
+}
+
+extension VirtualMachine {
+    public var isPaused: Bool { control.withLock { $0.paused } }
+
+    /// Stops every vCPU between two instructions and every virtio device
+    /// between two requests. Idempotent.
+    public func pause() throws(ControlError) {
+        guard !isPaused else { return }
+        let loops = running.withLock { $0 }
+        guard !loops.isEmpty, !stopping.isSet else { throw ControlError("the VM is not running") }
+        guard pauseGate.pause(count: loops.count, kick: { for (loop, thread) in loops { loop.kick(thread) } }) else {
+            throw ControlError("the vCPUs did not stop within 5 s")
+        }
+        for t in virtio { t.quiesce() }
+        control.withLock { $0.paused = true }
+    }
+
+    public func resume() throws(ControlError) {
+        guard isPaused else { return }
+        for t in virtio {
+            do { try t.resume() } catch { throw ControlError("resuming a virtio device: \(error)") }
+        }
+        control.withLock { $0.paused = false }
+        pauseGate.resume()
+    }
+
+    /// Writes a snapshot into `directory` (made if missing): the full
+    /// memory, or with `diff` only the pages written since the last
+    /// snapshot this process took or restored. A running VM is paused for
+    /// the time it takes and resumed after. Returns a one-line summary.
+    public func snapshot(to directory: String, diff: Bool) throws(ControlError) -> String {
+        let wasPaused = isPaused
+        try pause()
+        defer { if !wasPaused { try? resume() } }
+        do {
+            return try writeSnapshot(to: directory, diff: diff)
+        } catch {
+            throw ControlError("\(error)")
+        }
+    }
+
+    private func writeSnapshot(to directory: String, diff: Bool) throws -> String {
+        let parent = control.withLock { $0.lastSnapshot }
+        if diff {
+            guard memory.tracksDirtyPages else { throw ControlError("diff snapshots need a VM started with --track-dirty-pages") }
+            guard parent != nil else { throw ControlError("a diff snapshot needs an earlier snapshot of this VM (take a full one first)") }
+        }
+        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+            throw SnapshotError("\(directory): \(String(cString: strerror(errno)))")
+        }
+        var id = [UInt8](repeating: 0, count: 16)
+        _ = id.withUnsafeMutableBytes { getrandom($0.baseAddress, 16, 0) }
+
+        // Pages written since the last snapshot: the guest's (KVM's log,
+        // which this read also clears) and Skiff's devices'.
+        var dirty: [PageBitmap]?
+        if memory.tracksDirtyPages {
+            var maps: [PageBitmap] = []
+            for (slot, region) in memory.regions.enumerated() {
+                var map = PageBitmap(pages: region.pages)
+                try map.withWords { words in
+                    try vm.dirtyLog(slot: UInt32(slot), pages: region.pages, into: words)
+                    memory.takeDeviceDirty(region: slot, into: words)
+                }
+                maps.append(map)
+            }
+            dirty = maps
+        }
+
+        // Memory first, the state file last: a snapshot is complete when
+        // its state file is there, and both are renamed into place.
+        let memoryPath = directory + "/" + SnapshotImage.memoryName
+        let pages = try MemoryFile.write(memory, to: memoryPath + ".new", id: id, dirty: diff ? dirty : nil)
+        var sections: [(String, StateWriter)] = []
+        var info = StateWriter()
+        info.bytes += id
+        info.string(diff ? parent!.directory : "")
+        info.bytes += diff ? parent!.id : [UInt8](repeating: 0, count: 16)
+        sections.append(("snapshot", info))
+        var config = StateWriter()
+        configuration.save(&config)
+        sections.append(("config", config))
+        if diff, let dirty {
+            var d = StateWriter()
+            for map in dirty { d.u32(UInt32(map.words.count)); for w in map.words { d.u64(w) } }
+            sections.append(("dirty", d))
+        }
+        sections.append(("vm", try saveMachineState()))
+        let msrIndices = try kvm.msrIndexList()
+        for vcpu in vcpus { sections.append(("vcpu.\(vcpu.id)", try saveVcpuState(vcpu, msrIndices: msrIndices))) }
+        sections.append(("devices", saveDeviceState()))
+        let statePath = directory + "/" + SnapshotImage.stateName
+        try StateFile.write(sections, to: statePath + ".new")
+        guard rename(memoryPath + ".new", memoryPath) == 0, rename(statePath + ".new", statePath) == 0 else {
+            throw SnapshotError("\(directory): rename: \(String(cString: strerror(errno)))")
+        }
+        control.withLock { $0.lastSnapshot = (directory, id) }
+        return "\(diff ? "diff" : "full") snapshot \(directory): \(pages) pages of memory, \(vcpus.count) vCPUs, \(virtio.count) virtio devices"
+    }
+
+    // MARK: state of KVM's parts
+
+    func saveMachineState() throws -> StateWriter {
+        var w = StateWriter()
+        let blobs = [try vm.state(.pit), try vm.irqchip(0), try vm.irqchip(1), try vm.irqchip(2), try vm.state(.clock)]
+        for b in blobs { w.string(b.name); w.blob(b.bytes) }
+        return w
+    }
+
+    func restoreMachineState(_ r: inout StateReader) throws {
+        let kinds: [KVMStateKind] = [.pit, .irqchip, .irqchip, .irqchip, .clock]
+        for kind in kinds {
+            let name = try r.string()
+            guard name == kind.name else { throw SnapshotError("VM state: found \(name) where \(kind.name) belongs") }
+            let blob = KVMStateBlob(name: name, bytes: try r.blob())
+            if kind.name == KVMStateKind.clock.name { try vm.setClock(blob) } else { try vm.setState(kind, blob) }
+        }
+        try r.finish()
+    }
+
+    /// The order KVM needs them back in (Firecracker's): special registers
+    /// before the LAPIC, MSRs after both, pending events last.
+    static let vcpuStateKinds: [KVMStateKind] = [.mpState, .registers, .specialRegisters, .xsave, .xcrs, .debugRegisters, .lapic]
+
+    func saveVcpuState(_ vcpu: KVMVcpu, msrIndices: [UInt32]) throws -> StateWriter {
+        var w = StateWriter()
+        let cpuid = cpuidTables[Int(vcpu.id)]
+        w.u32(UInt32(cpuid.count))
+        for var e in cpuid { w.blob(withUnsafeBytes(of: &e) { Array($0) }) }
+        for kind in Self.vcpuStateKinds {
+            let b = try vcpu.state(kind)
+            w.string(b.name); w.blob(b.bytes)
+        }
+        // The TSC deadline only means something once the TSC is set.
+        let deadline: UInt32 = 0x6e0
+        let msrs = vcpu.readMSRs(msrIndices.filter { $0 != deadline } + (msrIndices.contains(deadline) ? [deadline] : []))
+        w.u32(UInt32(msrs.count))
+        for m in msrs { w.u32(m.index); w.u64(m.value) }
+        let events = try vcpu.state(.events)
+        w.string(events.name); w.blob(events.bytes)
+        return w
+    }
+
+    func restoreVcpuState(_ vcpu: KVMVcpu, _ r: inout StateReader) throws {
+        for _ in 0..<(try r.count(limit: 256)) { _ = try r.blob(limit: 4096) } // CPUID: set when the vCPU was made
+        func next(_ kind: KVMStateKind) throws {
+            let name = try r.string()
+            guard name == kind.name else { throw SnapshotError("vCPU \(vcpu.id) state: found \(name) where \(kind.name) belongs") }
+            try vcpu.setState(kind, KVMStateBlob(name: name, bytes: try r.blob()))
+        }
+        for kind in Self.vcpuStateKinds { try next(kind) }
+        var msrs: [(index: UInt32, value: UInt64)] = []
+        for _ in 0..<(try r.count(limit: 4096)) { msrs.append((try r.u32(), try r.u64())) }
+        try vcpu.writeMSRs(msrs)
+        try next(.events)
+        try r.finish()
+    }
+
+    func saveDeviceState() -> StateWriter {
+        var w = StateWriter()
+        var part = StateWriter()
+        serial.saveState(&part); w.blob(part.bytes)
+        part = StateWriter(); i8042.saveState(&part); w.blob(part.bytes)
+        part = StateWriter(); cmos.saveState(&part); w.blob(part.bytes)
+        w.u32(UInt32(virtio.count))
+        for t in virtio { part = StateWriter(); t.saveState(&part); w.blob(part.bytes) }
+        return w
+    }
+
+    func restoreDeviceState(_ r: inout StateReader) throws {
+        func part(_ what: String) throws -> StateReader { StateReader(try r.blob()[...], what: what) }
+        var s = try part("serial state"); try serial.restoreState(&s); try s.finish()
+        s = try part("i8042 state"); try i8042.restoreState(&s); try s.finish()
+        s = try part("CMOS state"); try cmos.restoreState(&s); try s.finish()
+        let n = try r.count(limit: 64)
+        guard n == virtio.count else { throw SnapshotError("the snapshot has \(n) virtio devices, this VM \(virtio.count)") }
+        for t in virtio { s = try part("virtio device state"); try t.restoreState(&s); try s.finish() }
+        try r.finish()
+    }
+
+    /// Puts a snapshot's state into this newly built VM, before any vCPU runs.
+    func restoreState(from snapshot: SnapshotImage) throws {
+        var machine = try snapshot.section("vm")
+        try restoreMachineState(&machine)
+        for vcpu in vcpus {
+            var v = try snapshot.section("vcpu.\(vcpu.id)")
+            try restoreVcpuState(vcpu, &v)
+        }
+        var devices = try snapshot.section("devices")
+        try restoreDeviceState(&devices)
+        control.withLock { $0.lastSnapshot = (snapshot.directory, snapshot.id) }
+    }
+}
