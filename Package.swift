@@ -24,7 +24,7 @@ let package = Package(
         .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance", "HostTools"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
         .testTarget(name: "ApplianceTests", dependencies: ["Appliance"]),
-        .testTarget(name: "SkiffTests", dependencies: ["Appliance"]),
+        .testTarget(name: "SkiffTests", dependencies: ["Appliance", "Machine"]),
     ]
 )
 

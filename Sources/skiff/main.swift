@@ -57,6 +57,8 @@ struct RunOptions {
     var trackDirtyPages = false
     var paused = false
     var cloneIndex: Int?
+    /// Every option given, by name (restore accepts only some).
+    var given: [String] = []
 
     init(_ args: ArraySlice<String>) throws(ConfigurationError) {
         var rest = args
@@ -65,6 +67,7 @@ struct RunOptions {
             return v
         }
         while let arg = rest.popFirst() {
+            given.append(String(arg.prefix { $0 != "=" }))
             if arg == "--rng" { rng = true; continue }
             if arg == "--track-dirty-pages" { trackDirtyPages = true; continue }
             if arg == "--paused" { paused = true; continue }
@@ -224,8 +227,8 @@ func restore(_ args: ArraySlice<String>) -> Never {
     guard let directory = args.first, !directory.hasPrefix("-") else { fail("usage: skiff restore SNAPSHOT [options]", status: 2) }
     let options: RunOptions
     do { options = try RunOptions(args.dropFirst()) } catch { fail(error.description, status: 2) }
-    guard options.kernel == nil, options.initrd == nil, options.cmdline == nil, options.disks.isEmpty, !options.rng,
-          options.balloon == nil, options.template == nil else {
+    let restoreOptions = ["--net", "--vsock", "--control-socket", "--paused", "--track-dirty-pages", "--clone-index"]
+    guard options.given.allSatisfy(restoreOptions.contains) else {
         fail("skiff restore: the snapshot fixes the kernel, memory, CPUs and devices; only --net, --vsock, --control-socket, --paused and --track-dirty-pages may be given", status: 2)
     }
     let image: SnapshotImage

@@ -105,6 +105,8 @@ public struct StateReader: Sendable {
     public init(_ data: ArraySlice<UInt8>, what: String) { self.data = data; self.what = what }
 
     public var remaining: Int { data.count }
+    /// What is left, as bytes (tools and tests that rewrite sections).
+    public var remainingBytes: [UInt8] { Array(data) }
 
     mutating func take(_ n: Int) throws(SnapshotError) -> ArraySlice<UInt8> {
         guard n >= 0, n <= data.count else { throw SnapshotError("\(what): truncated (wanted \(n) more bytes, \(data.count) left)") }
