@@ -33,7 +33,7 @@ let package = Package(
 // cannot link in an ordinary build.
 if Context.environment["SKIFF_FUZZ"] != nil {
     package.targets.append(.target(name: "SkiffCore", dependencies: ["Machine", "Devices"], path: "Fuzz/SkiffCore"))
-    for name in ["fuzz-virtqueue", "fuzz-block-request", "fuzz-vsock-packet", "fuzz-kernel-image", "fuzz-net-mac"] {
+    for name in ["fuzz-virtqueue", "fuzz-block-request", "fuzz-vsock-packet", "fuzz-kernel-image", "fuzz-net-mac", "fuzz-snapshot-state"] {
         package.targets.append(.executableTarget(name: name, dependencies: ["SkiffCore"], path: "Fuzz/Sources/\(name)",
                                                  swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
     }

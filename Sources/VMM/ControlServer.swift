@@ -15,6 +15,7 @@ import Machine
 /// (an unknown word, an overlong line) gets an error line and changes nothing.
 final class ControlServer: @unchecked Sendable {
     static let maxLine = 4096
+    static let idleTimeoutMs: Int32 = 30_000
     let path: String
     private let listener: Int32
     private let stop: EventFD
@@ -68,8 +69,10 @@ final class ControlServer: @unchecked Sendable {
         var pending: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 1024)
         while true {
-            let ready = Poller.wait([stop.fd, client])
-            if ready.contains(stop.fd) { return }
+            // A client that says nothing for a while is let go: requests
+            // are served one at a time, and it would hold up the others.
+            let ready = Poller.wait([stop.fd, client], timeoutMs: idleTimeoutMs)
+            if ready.isEmpty || ready.contains(stop.fd) { return }
             let n = buffer.withUnsafeMutableBytes { read(client, $0.baseAddress, $0.count) }
             guard n > 0 else { return }
             pending += buffer.prefix(n)

@@ -96,8 +96,14 @@ extension MMIOTransport {
         let active = regs.active
         state.withLock { $0 = regs }
         guard active, !broken else { return }
+        // The same rule as when a driver sets DRIVER_OK: the enabled queues
+        // are a prefix of the device's, at least as long as it requires.
+        let enabled = regs.queues.prefix { $0.ready }
+        guard enabled.count >= device.requiredQueues, !regs.queues.dropFirst(enabled.count).contains(where: \.ready) else {
+            state.withLock { $0 = Registers(queues: device.queueSizes.map { _ in QueueConfiguration() }) }
+            throw SnapshotError("the snapshot's \(device.type) device is active with queues \(regs.queues.indices.filter { regs.queues[$0].ready }) enabled")
+        }
         do {
-            let enabled = regs.queues.prefix { $0.ready }
             var queues: [VirtQueue] = []
             for (i, config) in enabled.enumerated() {
                 let q = try VirtQueue(config, maxSize: device.queueSizes[i], memory: memory,

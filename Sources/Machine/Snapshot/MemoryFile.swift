@@ -37,7 +37,7 @@ public enum MemoryFile {
             return w.bytes + [UInt8](repeating: 0, count: Int(MemoryFile.dataOffset) - w.bytes.count)
         }
 
-        static func decode(_ bytes: [UInt8], path: String) throws(SnapshotError) -> Header {
+        public static func decode(_ bytes: [UInt8], path: String) throws(SnapshotError) -> Header {
             guard bytes.count == Int(MemoryFile.dataOffset), Array(bytes.prefix(8)) == MemoryFile.magic else {
                 throw SnapshotError("\(path): not a Skiff snapshot memory file")
             }
