@@ -154,6 +154,14 @@ public final class VirtualMachine: @unchecked Sendable {
 
         let loops = vcpus.map { VcpuLoop(vcpu: $0, io: io, mmio: mmio, stopping: stopping, pauseGate: pauseGate,
                                          onStop: { [unowned self] in self.stop($0) }) }
+        // The control socket first: a path that cannot be used stops the
+        // VM before any vCPU runs.
+        let controlServer: ControlServer?
+        do { controlServer = try controlSocket.map { try ControlServer(path: $0, machine: self) } } catch {
+            for transport in virtio { transport.device.reset() }
+            hostNetwork.tearDown()
+            throw error
+        }
         // A VM restored paused parks its vCPUs before they run.
         if startPaused {
             pauseGate.request()
@@ -167,7 +175,6 @@ public final class VirtualMachine: @unchecked Sendable {
         running.withLock { $0 = Array(zip(loops, threads)) }
         let console = consoleInput.map { ConsoleInput(fd: $0, serial: serial) }
         try console?.start()
-        let controlServer = try controlSocket.map { try ControlServer(path: $0, machine: self) }
 
         var control = sigset_t()
         sigemptyset(&control)
