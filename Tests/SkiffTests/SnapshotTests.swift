@@ -168,4 +168,39 @@ final class SnapshotTests: XCTestCase {
         let r = clone.wait(timeout: 10)
         XCTAssertEqual(r.status, 0, r.stderr)
     }
+
+    /// vsock across a snapshot: the probe guest talks to the host, waits for
+    /// a host connection and is snapshotted there; the restored VM (a new
+    /// process on the same socket) takes the host's connection and answers.
+    func testVsockWorksAfterRestore() throws {
+        let base = scratch + "/v.sock", socket = scratch + "/ctl", snap = scratch + "/snap"
+        let listener = UnixSocket.listen(base + "_1234")
+        defer { close(listener) }
+        let s = try Session(Harness.skiff, ["run", "--kernel", Harness.probe("vsock"), "--vsock", "cid=42,socket=\(base)",
+                                            "--control-socket", socket])
+        let guest = accept(listener, nil, nil)
+        XCTAssertGreaterThanOrEqual(guest, 0)
+        XCTAssertEqual(UnixSocket.readLine(guest), "hello from guest\n")
+        UnixSocket.send(guest, "hello from host\n")
+        XCTAssertTrue(s.waitFor("GUEST-LISTENING", timeout: 10), s.stdout)
+        close(guest)
+        _ = try control(["pause", socket])
+        _ = try control(["snapshot", socket, snap])
+        s.signal(SIGKILL)
+        _ = s.wait(timeout: 10)
+
+        let r = try Session(Harness.skiff, ["restore", snap])
+        let host = try XCTUnwrap(UnixSocket.connect(base, timeout: 5))
+        defer { close(host) }
+        UnixSocket.send(host, "CONNECT 5000\n")
+        let ok = UnixSocket.readLine(host)
+        XCTAssertTrue(ok.hasPrefix("OK "), ok)
+        UnixSocket.send(host, "ping after restore\n")
+        XCTAssertEqual(UnixSocket.readLine(host), "pong from guest\n")
+        XCTAssertTrue(r.waitFor("VSOCK-DONE", timeout: 10), r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("HOST-SAID ping after restore\n"), r.stdout)
+        close(host)
+        let done = r.wait(timeout: 10)
+        XCTAssertEqual(done.status, 0, done.stderr)
+    }
 }
