@@ -40,3 +40,30 @@ hex32: \
 
 #define RESET_I8042 mov $0xfe, %al; out %al, $0x64
 #define HALT_FOREVER 9: hlt; jmp 9b
+
+/* START_APS count, timeout: starts CPUs 1 .. %ebp-1 one at a time with
+ * INIT and STARTUP IPIs through the xAPIC (vector 0x70: the real-mode
+ * trampoline at 0x70000); each AP adds one to the dword at `count` when
+ * it is up. Jumps to `timeout` if one does not come. Clobbers eax, ecx, edi. */
+.macro START_APS count, timeout
+    mov $1, %edi
+200:
+    cmp %ebp, %edi
+    jae 203f
+    mov %edi, %eax
+    shl $24, %eax
+    mov %eax, 0xfee00310             /* ICR high: destination */
+    movl $0x4500, 0xfee00300         /* INIT */
+    mov %eax, 0xfee00310
+    movl $0x4670, 0xfee00300         /* STARTUP, vector 0x70 */
+    mov $3000000, %ecx
+201:
+    cmp %edi, \count
+    je 202f
+    loop 201b
+    jmp \timeout
+202:
+    inc %edi
+    jmp 200b
+203:
+.endm

@@ -6,8 +6,6 @@
  * as probes/smp.S does); they count in real mode from the trampoline. */
 #include "common.h"
 #define LAPIC_ID    0xfee00020
-#define ICR_LOW     0xfee00300
-#define ICR_HIGH    0xfee00310
 #define AP_COUNT    0x70f00
 #define LINE_LOCK   0x70f10
 #define DELAY       1000
@@ -79,25 +77,12 @@ entry:
     shr $16, %ebx
     and $0xff, %ebx
     mov %ebx, %ebp                   /* CPUs in the package, from CPUID */
-    mov $1, %edi
-next:
-    cmp %ebp, %edi
-    jae counting
-    mov %edi, %eax
-    shl $24, %eax
-    mov %eax, ICR_HIGH
-    movl $0x4500, ICR_LOW            /* INIT */
-    mov %eax, ICR_HIGH
-    movl $0x4670, ICR_LOW            /* STARTUP, vector 0x70 -> 0x70000 */
-    mov $3000000, %ecx
-1:  cmp %edi, AP_COUNT
-    je 2f
-    loop 1b
+    START_APS AP_COUNT, ap_timeout
+    jmp counting
+ap_timeout:
     mov $timeout, %esi
     call puts32
     HALT_FOREVER
-2:  inc %edi
-    jmp next
 counting:
     mov LAPIC_ID, %ebp
     shr $24, %ebp

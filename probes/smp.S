@@ -4,8 +4,6 @@
  * in. Prints "apic-id XX" per CPU, then "cpus-up N" and resets. */
 #include "common.h"
 #define LAPIC_ID    0xfee00020
-#define ICR_LOW     0xfee00300
-#define ICR_HIGH    0xfee00310
 #define AP_COUNT    0x70f00
 
     .code32
@@ -24,25 +22,11 @@ entry:
     mov LAPIC_ID, %ebx
     shr $24, %ebx
     call hex8
-    mov $1, %edi
-next:
-    cmp %ebp, %edi
-    jae done
-    mov %edi, %eax
-    shl $24, %eax
-    mov %eax, ICR_HIGH
-    movl $0x4500, ICR_LOW            /* INIT, level assert */
-    mov %eax, ICR_HIGH
-    movl $0x4670, ICR_LOW            /* STARTUP, vector 0x70 -> 0x70000 */
-    mov $3000000, %ecx
-1:  cmp %edi, AP_COUNT
-    je 2f
-    loop 1b
+    START_APS AP_COUNT, ap_timeout
+    jmp done
+ap_timeout:
     mov $timeout, %esi
     call puts32
-    jmp done
-2:  inc %edi
-    jmp next
 done:
     mov $upmsg, %esi
     call puts32
