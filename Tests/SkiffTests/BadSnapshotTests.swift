@@ -105,4 +105,22 @@ final class BadSnapshotTests: XCTestCase {
         try assertRefused(Self.plain, "network devices", extra: ["--net", "tap=skiffbad0"])
         try assertRefused(Self.plain, "only --net, --vsock", extra: ["--memory", "64"])
     }
+
+    /// A disk that changed size since the snapshot is not the guest's disk.
+    func testDiskOfAnotherSize() throws {
+        let disk = Self.scratch + "/disk.img", socket = Self.scratch + "/disk.sock", snap = Self.scratch + "/with-disk"
+        XCTAssertTrue(FileManager.default.createFile(atPath: disk, contents: Data(count: 1 << 20)))
+        let s = try Session(Harness.skiff, ["run", "--kernel", Harness.probe("counter"), "--disk", disk, "--control-socket", socket])
+        XCTAssertTrue(s.waitFor("C00 00000003", timeout: 20), s.stderr)
+        XCTAssertEqual(try Harness.skiff(["snapshot", socket, snap]).status, 0)
+        s.signal(SIGKILL)
+        _ = s.wait(timeout: 10)
+        XCTAssertEqual(truncate(disk, 2 << 20), 0)
+        try assertRefused(snap, "not the disk it was taken with")
+        XCTAssertEqual(truncate(disk, 1 << 20), 0)
+        let r = try Session(Harness.skiff, ["restore", snap])
+        XCTAssertTrue(r.waitFor("C00 00000040", timeout: 20), r.stdout.prefix(200) + r.stderr)
+        r.signal(SIGTERM)
+        XCTAssertEqual(r.wait(timeout: 10).status, 0)
+    }
 }

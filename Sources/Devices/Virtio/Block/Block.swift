@@ -66,6 +66,18 @@ public final class Block: VirtioDevice {
 
     deinit { close(fd) }
 
+    /// The guest knows the disk's size (and caches its blocks): a restore
+    /// onto a disk of another size is refused. The contents are the user's
+    /// to keep as they were.
+    public func saveState(_ w: inout StateWriter) { w.u64(capacitySectors) }
+
+    public func restoreState(_ r: inout StateReader) throws(SnapshotError) {
+        let saved = try r.u64()
+        guard saved == capacitySectors else {
+            throw SnapshotError("disk \(options.path): \(capacitySectors) sectors, the snapshot's guest had \(saved): not the disk it was taken with")
+        }
+    }
+
     public var features: UInt64 {
         var f = Feature.sizeMax | Feature.segMax | Feature.blockSize | Feature.flush
         f |= options.readOnly ? Feature.readOnly : Feature.discard | Feature.writeZeroes
