@@ -32,7 +32,6 @@ extension KVMStateKind {
     public static let registers = KVMStateKind("regs", kvm_regs.self, get: CKVM_GET_REGS, set: CKVM_SET_REGS)
     public static let specialRegisters = KVMStateKind("sregs", kvm_sregs.self, get: CKVM_GET_SREGS, set: CKVM_SET_SREGS)
     public static let xsave = KVMStateKind("xsave", kvm_xsave.self, get: CKVM_GET_XSAVE, set: CKVM_SET_XSAVE)
-    public static let fpu = KVMStateKind("fpu", kvm_fpu.self, get: CKVM_GET_FPU, set: CKVM_SET_FPU)
     public static let xcrs = KVMStateKind("xcrs", kvm_xcrs.self, get: CKVM_GET_XCRS, set: CKVM_SET_XCRS)
     public static let debugRegisters = KVMStateKind("debugregs", kvm_debugregs.self, get: CKVM_GET_DEBUGREGS, set: CKVM_SET_DEBUGREGS)
     public static let lapic = KVMStateKind("lapic", kvm_lapic_state.self, get: CKVM_GET_LAPIC, set: CKVM_SET_LAPIC)
@@ -102,13 +101,6 @@ extension KVMVcpu: KVMStateHolder {
             throw SystemError("restoring MSR 0x\(String(msrs[Int(n)].index, radix: 16)) of vCPU \(id): refused by KVM", errno: EINVAL)
         }
     }
-
-    /// The CPUID table KVM holds for this vCPU.
-    public func cpuid() throws -> [kvm_cpuid_entry2] {
-        let list = CPUIDList(capacity: 256)
-        _ = try check("KVM_GET_CPUID2 of vCPU \(id)", ckvm_ioctl_ptr(fd, CKVM_GET_CPUID2, list.raw))
-        return list.entries
-    }
 }
 
 extension KVMVirtualMachine: KVMStateHolder {
@@ -141,7 +133,7 @@ extension KVMVirtualMachine: KVMStateHolder {
 
     /// The pages of `slot` the guest wrote since the last call (one bit per
     /// 4 KiB page; KVM clears its log as it hands it over).
-    public func dirtyLog(slot: UInt32, pages: Int, into bitmap: UnsafeMutablePointer<UInt64>) throws {
+    public func dirtyLog(slot: UInt32, into bitmap: UnsafeMutablePointer<UInt64>) throws {
         var log = kvm_dirty_log()
         log.slot = slot
         log.dirty_bitmap = UnsafeMutableRawPointer(bitmap)

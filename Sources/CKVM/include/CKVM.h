@@ -50,7 +50,6 @@ static const unsigned long CKVM_GET_MP_STATE = KVM_GET_MP_STATE;
 
 // Saving and restoring a VM (snapshots).
 static const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
-static const unsigned long CKVM_GET_FPU = KVM_GET_FPU;
 static const unsigned long CKVM_GET_XSAVE = KVM_GET_XSAVE;
 static const unsigned long CKVM_SET_XSAVE = KVM_SET_XSAVE;
 static const unsigned long CKVM_GET_XCRS = KVM_GET_XCRS;
@@ -59,7 +58,6 @@ static const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
 static const unsigned long CKVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
 static const unsigned long CKVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
 static const unsigned long CKVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
-static const unsigned long CKVM_GET_CPUID2 = KVM_GET_CPUID2;
 static const unsigned long CKVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
 static const unsigned long CKVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
 static const unsigned long CKVM_GET_PIT2 = KVM_GET_PIT2;
@@ -67,13 +65,7 @@ static const unsigned long CKVM_SET_PIT2 = KVM_SET_PIT2;
 static const unsigned long CKVM_GET_CLOCK = KVM_GET_CLOCK;
 static const unsigned long CKVM_SET_CLOCK = KVM_SET_CLOCK;
 static const unsigned long CKVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
-static const unsigned long CKVM_KVMCLOCK_CTRL = KVM_KVMCLOCK_CTRL;
 static const uint32_t CKVM_MEM_LOG_DIRTY_PAGES = KVM_MEM_LOG_DIRTY_PAGES;
-static const int CKVM_CAP_XSAVE = KVM_CAP_XSAVE;
-static const int CKVM_CAP_XCRS = KVM_CAP_XCRS;
-static const int CKVM_CAP_VCPU_EVENTS = KVM_CAP_VCPU_EVENTS;
-static const int CKVM_CAP_DEBUGREGS = KVM_CAP_DEBUGREGS;
-static const int CKVM_CAP_ADJUST_CLOCK = KVM_CAP_ADJUST_CLOCK;
 
 // Exit reasons and capabilities used by Swift code, re-exported as plain
 // constants so the enum-like macros import with one type.

@@ -62,7 +62,6 @@ public struct PageBitmap: Equatable, Sendable {
 /// (`pages` nil), a diff only those its bitmaps (one per region) mark.
 public struct MemoryLayer: Sendable {
     public let fd: Int32
-    public let path: String
     public let pages: [PageBitmap]?
-    public init(fd: Int32, path: String, pages: [PageBitmap]?) { self.fd = fd; self.path = path; self.pages = pages }
+    public init(fd: Int32, pages: [PageBitmap]?) { self.fd = fd; self.pages = pages }
 }

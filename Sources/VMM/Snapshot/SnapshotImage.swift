@@ -71,7 +71,7 @@ public struct SnapshotImage: Sendable {
             layers.forEach { Glibc.close($0.fd) }
             throw error
         }
-        layers.append(MemoryLayer(fd: fd, path: memoryPath, pages: dirty))
+        layers.append(MemoryLayer(fd: fd, pages: dirty))
         return SnapshotImage(directory: directory, id: id, configuration: configuration, sections: sections, layers: layers)
     }
 

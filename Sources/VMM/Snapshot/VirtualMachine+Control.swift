@@ -78,7 +78,7 @@ extension VirtualMachine {
             for (slot, region) in memory.regions.enumerated() {
                 var map = PageBitmap(pages: region.pages)
                 try map.withWords { words in
-                    try vm.dirtyLog(slot: UInt32(slot), pages: region.pages, into: words)
+                    try vm.dirtyLog(slot: UInt32(slot), into: words)
                     memory.takeDeviceDirty(region: slot, into: words)
                 }
                 maps.append(map)
