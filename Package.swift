@@ -15,13 +15,18 @@ let package = Package(
     ],
     targets: [
         .target(name: "CKVM"),
+        // seccomp allow-lists per thread role, on Debian's libseccomp (static in release builds).
+        .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
         .target(name: "KVM", dependencies: ["CKVM"]),
-        .target(name: "Machine", dependencies: ["KVM", "CKVM"]),
+        .target(name: "Machine", dependencies: ["KVM", "CKVM", "CSeccomp"]),
         .target(name: "Devices", dependencies: ["Machine", "CKVM"]),
         .target(name: "HostTools"),
+        // The jailer: namespaces, an empty root, no privileges, a cgroup.
+        .target(name: "CJail"),
+        .target(name: "Jail", dependencies: ["CJail"]),
         .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM", "HostTools"]),
         .target(name: "Appliance", dependencies: ["HostTools"]),
-        .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance", "HostTools"]),
+        .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance", "HostTools", "Jail"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
         .testTarget(name: "ApplianceTests", dependencies: ["Appliance"]),
         .testTarget(name: "SkiffTests", dependencies: ["Appliance", "Machine"]),

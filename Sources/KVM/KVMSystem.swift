@@ -17,9 +17,20 @@ public final class KVMSystem: @unchecked Sendable {
     public let path: String
 
     /// Opens the KVM device; the error says whether it is missing or not permitted.
-    public init(path: String = "/dev/kvm") throws {
-        let fd = open(path, O_RDWR | O_CLOEXEC)
+    public convenience init(path: String = "/dev/kvm") throws {
+        try self.init(fd: try Self.open(path), path: path)
+    }
+
+    /// Opens the KVM device, for a VMM that gets it as a file descriptor
+    /// (a jailed one has no /dev).
+    public static func open(_ path: String) throws(KVMUnavailable) -> Int32 {
+        let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
         if fd < 0 { throw KVMUnavailable(path: path, errno: errno) }
+        return fd
+    }
+
+    /// Takes `fd`, an open KVM device (closed with this object).
+    public init(fd: Int32, path: String) throws {
         self.fd = fd
         self.path = path
         let version = ckvm_ioctl_val(fd, CKVM_GET_API_VERSION, 0)

@@ -16,14 +16,13 @@ import Machine
 final class ControlServer: @unchecked Sendable {
     static let maxLine = 4096
     static let idleTimeoutMs: Int32 = 30_000
-    let path: String
     private let listener: Int32
     private let stop: EventFD
     private var thread: HostThread?
 
-    init(path: String, machine: VirtualMachine) throws {
-        self.path = path
-        listener = try Self.listen(path)
+    /// Serves `listener` (bound by `listen`, by whoever has the privilege).
+    init(listener: Int32, machine: VirtualMachine) throws {
+        self.listener = listener
         stop = try EventFD()
         let listener = listener, stop = stop
         thread = try HostThread(name: "control") { [weak machine] in
@@ -43,7 +42,6 @@ final class ControlServer: @unchecked Sendable {
         thread?.join()
         thread = nil
         close(listener)
-        unlink(path)
     }
 
     static func listen(_ path: String) throws -> Int32 {

@@ -7,10 +7,15 @@ import HostTools
 /// it did not exist, and masquerading NAT for the address's subnet. Every
 /// step is recorded with its undo; `tearDown` undoes them in reverse when
 /// the VM stops (a TAP Skiff created disappears with its file descriptor).
-final class HostNetwork: @unchecked Sendable {
+public final class HostNetwork: @unchecked Sendable {
     private var undo: [[String]] = []
 
-    func setUp(_ o: Net.Options, interface tap: String) throws(NetError) {
+    public init() {}
+
+    /// Whether anything was set up (so something must run to undo it).
+    public var isActive: Bool { !undo.isEmpty }
+
+    public func setUp(_ o: Net.Options, interface tap: String) throws(NetError) {
         do {
             var device = tap
             if let bridge = o.bridge {
@@ -45,7 +50,7 @@ final class HostNetwork: @unchecked Sendable {
         }
     }
 
-    func tearDown() {
+    public func tearDown() {
         while let command = undo.popLast() { _ = try? Subprocess.run(command, capture: true) }
     }
 

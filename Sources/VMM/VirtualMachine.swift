@@ -27,8 +27,6 @@ public final class VirtualMachine: @unchecked Sendable {
     public let virtio: [MMIOTransport]
     let stopping = StopFlag()
     private let stopReason = Mutex<StopReason?>(nil)
-    /// Host networking set up for --net, undone when the VM stops.
-    let hostNetwork = HostNetwork()
     private let mainThread = pthread_self()
     /// Pause, resume and snapshots (VirtualMachine+Control).
     let pauseGate = PauseGate()
@@ -40,26 +38,20 @@ public final class VirtualMachine: @unchecked Sendable {
     /// only its sigwait sees them.
     static let controlSignals: [Int32] = [SIGTERM, SIGINT, SIGHUP, SIGUSR2, SIGQUIT]
 
+    /// The control socket's listener, if the VM has one.
+    let controlListener: Int32?
+
     /// Builds a VM that boots `config`'s kernel, or, with `snapshot`, the
-    /// VM the snapshot saved, in the state it saved.
-    public init(_ config: VMConfiguration, restoring snapshot: SnapshotImage? = nil,
+    /// VM the snapshot saved, in the state it saved, on the host resources
+    /// opened for it (its kernel, disks, TAPs, sockets; all already checked).
+    public init(_ config: VMConfiguration, resources: HostResources, restoring snapshot: SnapshotImage? = nil,
                 consoleOutput: @escaping @Sendable (UInt8) -> Void) throws {
         configuration = config
-        // If building the VM fails after host networking was set up, undo it.
-        var built = false
-        let network = hostNetwork
-        defer { if !built { network.tearDown() } }
         let memoryBytes = config.memoryMiB << 20
-        // Read and check what the user gave before touching KVM.
-        var kernel: KernelImage?
-        var initrd: (path: String, bytes: [UInt8])?
-        if snapshot == nil {
-            let kernelBytes = try HostFiles.read(config.kernelPath, what: "kernel", limit: memoryBytes)
-            kernel = try KernelImage.parse(kernelBytes, path: config.kernelPath)
-            initrd = try config.initrdPath.map { (path: $0, bytes: try HostFiles.read($0, what: "initrd", limit: memoryBytes)) }
-        }
+        let kernel = resources.kernel, initrd = resources.initrd
+        controlListener = resources.controlListener
 
-        kvm = try KVMSystem(path: config.kvmPath)
+        kvm = try KVMSystem(fd: resources.kvm, path: config.kvmPath)
         guard config.cpus <= kvm.maxVcpus else {
             throw ConfigurationError("--cpus \(config.cpus): KVM on this host allows at most \(kvm.maxVcpus)")
         }
@@ -81,7 +73,7 @@ public final class VirtualMachine: @unchecked Sendable {
         // announced to Linux on its command line; assembled only when asked for.
         let announcements: [String]
         if config.hasVirtioDevices {
-            (mmio, virtio, announcements) = try Self.assembleVirtio(config, vm: vm, memory: memory, hostNetwork: hostNetwork)
+            (mmio, virtio, announcements) = try Self.assembleVirtio(config, resources: resources, vm: vm, memory: memory)
         } else {
             (mmio, virtio, announcements) = (Bus(), [], [])
         }
@@ -129,7 +121,6 @@ public final class VirtualMachine: @unchecked Sendable {
         if let snapshot {
             try restoreState(from: snapshot)
         }
-        built = true
     }
 
     /// Records why the VM stops (the first reason wins) and wakes the main thread.
@@ -144,7 +135,11 @@ public final class VirtualMachine: @unchecked Sendable {
 
     /// Runs the guest until it stops; must be called on the thread that
     /// created the VM. Host input is forwarded to the console meanwhile.
-    public func run(consoleInput: Int32? = STDIN_FILENO, controlSocket: String? = nil, startPaused: Bool = false) throws -> StopReason {
+    /// With `seccomp`, every thread runs under its role's filter from its
+    /// first instruction, this one from when the VM runs;
+    /// `mainSpawnsProcesses` lets it still run host programs after.
+    public func run(consoleInput: Int32? = STDIN_FILENO, startPaused: Bool = false,
+                    seccomp: Bool = true, mainSpawnsProcesses: Bool = false) throws -> StopReason {
         var signals = sigset_t()
         sigemptyset(&signals)
         for s in Self.controlSignals + [SIGUSR1] { sigaddset(&signals, s) }
@@ -152,14 +147,12 @@ public final class VirtualMachine: @unchecked Sendable {
         _ = ckvm_install_kick_handler(SIGUSR1)
         signal(SIGPIPE, SIG_IGN)
 
+        if seccomp { try Seccomp.start() }
         let loops = vcpus.map { VcpuLoop(vcpu: $0, io: io, mmio: mmio, stopping: stopping, pauseGate: pauseGate,
                                          onStop: { [unowned self] in self.stop($0) }) }
-        // The control socket first: a path that cannot be used stops the
-        // VM before any vCPU runs.
         let controlServer: ControlServer?
-        do { controlServer = try controlSocket.map { try ControlServer(path: $0, machine: self) } } catch {
+        do { controlServer = try controlListener.map { try ControlServer(listener: $0, machine: self) } } catch {
             for transport in virtio { transport.device.reset() }
-            hostNetwork.tearDown()
             throw error
         }
         // A VM restored paused parks its vCPUs before they run.
@@ -175,6 +168,7 @@ public final class VirtualMachine: @unchecked Sendable {
         running.withLock { $0 = Array(zip(loops, threads)) }
         let console = consoleInput.map { ConsoleInput(fd: $0, serial: serial) }
         try console?.start()
+        try Seccomp.lockMainThread(spawnProcesses: mainSpawnsProcesses)
 
         var control = sigset_t()
         sigemptyset(&control)
@@ -193,7 +187,6 @@ public final class VirtualMachine: @unchecked Sendable {
         for thread in threads { thread.join() }
         running.withLock { $0 = [] }
         for transport in virtio { transport.device.reset() } // stop device threads
-        hostNetwork.tearDown()
         console?.restoreTerminal()
         return stopReason.withLock { $0 } ?? .kvmError("stopped without a reason")
     }
@@ -202,25 +195,25 @@ public final class VirtualMachine: @unchecked Sendable {
 extension VirtualMachine {
     /// The virtio devices the configuration asks for, each on its MMIO
     /// window with its interrupt, and the command-line words announcing them.
-    static func assembleVirtio(_ config: VMConfiguration, vm: KVMVirtualMachine, memory: GuestMemory,
-                               hostNetwork: HostNetwork) throws -> (Bus, [MMIOTransport], [String]) {
+    static func assembleVirtio(_ config: VMConfiguration, resources: HostResources, vm: KVMVirtualMachine,
+                               memory: GuestMemory) throws -> (Bus, [MMIOTransport], [String]) {
         // Queue notifications reach each device's thread through an ioeventfd
         // and interrupts leave it through an irqfd: neither needs a vCPU to
         // come out to Skiff.
         var mmio = Bus()
         var transports: [MMIOTransport] = []
         var devices: [(any VirtioDevice, String)] = []
-        for (i, disk) in config.disks.enumerated() {
-            devices.append((try Block(disk), "virtio-blk \(disk.path) (vd\(Character(UnicodeScalar(UInt8(97 + i)))))"))
+        for (i, (disk, fd)) in zip(config.disks, resources.disks).enumerated() {
+            devices.append((try Block(disk, fd: fd), "virtio-blk \(disk.path) (vd\(Character(UnicodeScalar(UInt8(97 + i)))))"))
         }
-        for n in config.nets {
-            let net = try Net(n)
-            try hostNetwork.setUp(n, interface: net.interfaceName)
-            devices.append((net, "virtio-net tap \(net.interfaceName)"))
+        for (n, tap) in zip(config.nets, resources.taps) {
+            devices.append((Net(n, tap: tap.fd, interfaceName: tap.name), "virtio-net tap \(tap.name)"))
         }
         if config.rng { devices.append((Rng(), "virtio-rng")) }
         if let b = config.balloon { devices.append((try Balloon(b), "virtio-balloon")) }
-        if let v = config.vsock { devices.append((try Vsock(v), "virtio-vsock cid \(v.cid)")) }
+        if let v = config.vsock, let listener = resources.vsockListener {
+            devices.append((try Vsock(v, listener: listener), "virtio-vsock cid \(v.cid)"))
+        }
         var announcements: [String] = []
         for (i, (device, name)) in devices.enumerated() {
             let base = X86Layout.virtioMMIOBase + UInt64(i) * MMIOTransport.windowSize

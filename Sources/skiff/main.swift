@@ -4,6 +4,7 @@ import Appliance
 import Devices
 import Glibc
 import HostTools
+import Jail
 import KVM
 import Machine
 import VMM
@@ -57,6 +58,12 @@ struct RunOptions {
     var trackDirtyPages = false
     var paused = false
     var cloneIndex: Int?
+    /// nil: jailed when run as root (the default), else not.
+    var jail: Bool?
+    var jailUID: uid_t = 65534
+    var jailGID: gid_t = 65534
+    var seccomp = true
+    var seccompViolation: Seccomp.Role?
     /// Every option given, by name (restore accepts only some).
     var given: [String] = []
 
@@ -71,6 +78,8 @@ struct RunOptions {
             if arg == "--rng" { rng = true; continue }
             if arg == "--track-dirty-pages" { trackDirtyPages = true; continue }
             if arg == "--paused" { paused = true; continue }
+            if arg == "--no-jail" { jail = false; continue }
+            if arg == "--no-seccomp" { seccomp = false; continue }
             if arg == "--balloon" { // its options are optional
                 if let next = rest.first, !next.hasPrefix("--") { balloon = try Self.balloon(value(arg)) } else { balloon = Balloon.Options() }
                 continue
@@ -106,6 +115,14 @@ struct RunOptions {
             case "--net": nets.append(try Self.net(try v(), index: nets.count))
             case "--balloon": balloon = try Self.balloon(try v())
             case "--control-socket": controlSocket = try v()
+            case "--jail-uid", "--jail-gid":
+                let s = try v()
+                guard let n = UInt32(s), n != 0, n != UInt32.max else { throw ConfigurationError("\(flag) \(s): not an unprivileged id") }
+                if flag == "--jail-uid" { jailUID = n } else { jailGID = n }
+            case "--test-seccomp-violation": // for the tests: a thread of this role makes a forbidden call
+                let s = try v()
+                guard let role = Seccomp.Role(named: s) else { throw ConfigurationError("--test-seccomp-violation \(s): no such thread role") }
+                seccompViolation = role
             case "--clone-index":
                 let s = try v()
                 guard let n = Int(s), n >= 0, n < 1 << 16 else { throw ConfigurationError("--clone-index \(s): not a clone number") }
@@ -227,7 +244,8 @@ func restore(_ args: ArraySlice<String>) -> Never {
     guard let directory = args.first, !directory.hasPrefix("-") else { fail("usage: skiff restore SNAPSHOT [options]", status: 2) }
     let options: RunOptions
     do { options = try RunOptions(args.dropFirst()) } catch { fail(error.description, status: 2) }
-    let restoreOptions = ["--net", "--vsock", "--control-socket", "--paused", "--track-dirty-pages", "--clone-index"]
+    let restoreOptions = ["--net", "--vsock", "--control-socket", "--paused", "--track-dirty-pages", "--clone-index",
+                          "--no-jail", "--jail-uid", "--jail-gid", "--no-seccomp", "--test-seccomp-violation"]
     guard options.given.allSatisfy(restoreOptions.contains) else {
         fail("skiff restore: the snapshot fixes the kernel, memory, CPUs and devices; only --net, --vsock, --control-socket, --paused and --track-dirty-pages may be given", status: 2)
     }
@@ -248,29 +266,6 @@ func restore(_ args: ArraySlice<String>) -> Never {
         do { try Clone.identity(&config, index: i) } catch { fail(error.description, status: 2) }
     }
     launch(config, snapshot: image, options: options)
-}
-
-/// Builds the VM (booting or restoring), runs it, exits with its status.
-func launch(_ base: VMConfiguration, snapshot: SnapshotImage?, options: RunOptions) -> Never {
-    var config = base
-    config.trackDirtyPages = options.trackDirtyPages
-    if let device = getenv("SKIFF_KVM_DEVICE") { config.kvmPath = String(cString: device) }
-    do {
-        try config.validate(hostMemoryMiB: HostFiles.hostMemoryMiB())
-        let machine = try VirtualMachine(config, restoring: snapshot, consoleOutput: { byte in
-            var b = byte
-            _ = write(1, &b, 1)
-        })
-        let reason = try machine.run(controlSocket: options.controlSocket, startPaused: options.paused)
-        if reason.exitStatus != 0 || { if case .reset = reason { return false }; return true }() {
-            fail(reason.description, status: reason.exitStatus)
-        }
-        exit(0)
-    } catch let e as UserInputError {
-        fail(e.description, status: 2)
-    } catch {
-        fail("\(error)", status: 1)
-    }
 }
 
 let args = CommandLine.arguments.dropFirst()

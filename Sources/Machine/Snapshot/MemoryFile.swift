@@ -97,15 +97,19 @@ public enum MemoryFile {
         return written
     }
 
+    /// /proc/self/pagemap opened before the VMM lost its view of /proc (a
+    /// jailed VMM has none), or -1 to open it when needed.
+    nonisolated(unsafe) public static var pagemap: Int32 = -1
+
     /// The pages of a region that may hold something other than zeros:
     /// those the host has (resident or swapped, from /proc/self/pagemap)
     /// and, for restored RAM, those its snapshot files hold.
     static func contentPages(_ memory: GuestMemory, region index: Int, path: String) throws(SnapshotError) -> PageBitmap {
         let region = memory.regions[index]
         var pages = PageBitmap(pages: region.pages)
-        let map = Glibc.open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
+        let map = pagemap >= 0 ? pagemap : Glibc.open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
         guard map >= 0 else { throw SnapshotError("/proc/self/pagemap: \(String(cString: strerror(errno)))") }
-        defer { close(map) }
+        defer { if map != pagemap { close(map) } }
         let firstPage = Int(bitPattern: region.host) / Int(GuestMemory.pageSize)
         let chunk = 65536
         var entries = [UInt64](repeating: 0, count: chunk)

@@ -30,12 +30,19 @@ public final class Block: VirtioDevice {
     let config: [UInt8]
     private let worker = WorkerSlot()
 
-    public init(_ options: Options) throws(BlockError) {
-        self.options = options
+    /// Opens the disk as `options` asks, for whoever has the privilege
+    /// (a jailed VMM gets the file descriptor).
+    public static func open(_ options: Options) throws(BlockError) -> Int32 {
         var flags = (options.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
         if options.direct { flags |= ckvm_o_direct() }
-        let fd = open(options.path, flags)
+        let fd = Glibc.open(options.path, flags)
         guard fd >= 0 else { throw BlockError("disk \(options.path): \(String(cString: strerror(errno)))") }
+        return fd
+    }
+
+    /// A disk on `fd` (from `open`; closed with the device).
+    public init(_ options: Options, fd: Int32) throws(BlockError) {
+        self.options = options
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG || st.st_mode & S_IFMT == S_IFBLK else {
             close(fd)

@@ -30,14 +30,32 @@ public final class Net: VirtioDevice {
     public let interfaceName: String
     private let loop = Mutex<NetLoop?>(nil)
 
-    public init(_ options: Options) throws(NetError) {
+    /// Opens (creating if need be) the TAP `options` names, for whoever has
+    /// the privilege; returns its fd and the interface's name.
+    public static func openTap(_ options: Options) throws(NetError) -> (fd: Int32, name: String) {
         guard options.mac.count == 6 else { throw NetError("--net mac: needs six bytes") }
-        guard !options.tap.isEmpty, options.tap.utf8.count < 16 else { throw NetError("--net tap=\(options.tap): not an interface name") }
+        guard interfaceNameIsValid(options.tap) else {
+            throw NetError("--net tap=\(options.tap): not an interface name (1-15 letters, digits, '-', '_', '.')")
+        }
         var name = [CChar](repeating: 0, count: 16)
         let fd = ckvm_open_tap(options.tap, &name)
         guard fd >= 0 else { throw NetError("tap \(options.tap): \(String(cString: strerror(errno)))") }
+        return (fd, String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+    }
+
+    /// Interface names Skiff passes to the kernel and to `ip`/`nft`: plain
+    /// words only, so no tool re-reads one as syntax.
+    public static func interfaceNameIsValid(_ name: String) -> Bool {
+        let u = name.utf8
+        return !u.isEmpty && u.count < 16 && u.first != UInt8(ascii: "-") && u.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7a) || c == UInt8(ascii: "-") || c == UInt8(ascii: "_") || c == UInt8(ascii: ".")
+        }
+    }
+
+    /// A device on an open TAP (from `openTap`; closed with the device).
+    public init(_ options: Options, tap fd: Int32, interfaceName: String) {
         tap = fd
-        interfaceName = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        self.interfaceName = interfaceName
         self.options = options
     }
 

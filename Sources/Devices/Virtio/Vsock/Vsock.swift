@@ -31,17 +31,24 @@ public final class Vsock: VirtioDevice {
     let listener: Int32
     private let loop = Mutex<VsockLoop?>(nil)
 
-    public init(_ options: Options) throws(VsockError) {
+    public static func check(_ options: Options) throws(VsockError) {
         guard options.cid >= 3, options.cid < UInt64(UInt32.max) else {
             throw VsockError("--vsock cid=\(options.cid): guest CIDs start at 3")
         }
-        self.options = options
-        listener = try Self.listen(options.socketPath)
     }
 
-    deinit { close(listener); unlink(options.socketPath) }
+    /// A device whose host side listens on `listener` (from `listen`, bound
+    /// by whoever has the privilege; closed with the device). The socket
+    /// file is removed by whoever bound it.
+    public init(_ options: Options, listener: Int32) throws(VsockError) {
+        try Self.check(options)
+        self.options = options
+        self.listener = listener
+    }
 
-    static func listen(_ path: String) throws(VsockError) -> Int32 {
+    deinit { close(listener) }
+
+    public static func listen(_ path: String) throws(VsockError) -> Int32 {
         var st = stat()
         if lstat(path, &st) == 0 {
             // A socket left by an earlier run is replaced; anything else is not ours.

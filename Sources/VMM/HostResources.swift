@@ -1,0 +1,91 @@
+import Devices
+import Glibc
+import KVM
+import Machine
+
+/// Everything of the host a VM uses, opened by whoever has the privilege
+/// (the launcher, before it jails the VMM) and handed to the VMM as file
+/// descriptors and bytes: a jailed VMM has no host paths to open. What a
+/// resource is, is in the configuration; this binds it to the host object.
+public final class HostResources: @unchecked Sendable {
+    public let kvm: Int32
+    /// The kernel and initrd of a booting VM (a restored one has its RAM).
+    public let kernel: KernelImage?
+    public let initrd: (path: String, bytes: [UInt8])?
+    /// One fd per configured disk, TAP, and the listening sockets.
+    public let disks: [Int32]
+    public let taps: [(fd: Int32, name: String)]
+    public let vsockListener: Int32?
+    public let controlListener: Int32?
+    /// Socket files bound here, removed when the VM is gone.
+    public let socketPaths: [String]
+
+    /// Opens what `config` names. A failure closes what was opened and
+    /// throws the user-facing error.
+    public init(_ config: VMConfiguration, booting: Bool, controlSocket: String?) throws {
+        var opened: [Int32] = []
+        var bound: [String] = []
+        var done = false
+        defer {
+            if !done {
+                opened.forEach { _ = close($0) }
+                bound.forEach { _ = unlink($0) }
+            }
+        }
+        let memoryBytes = config.memoryMiB << 20
+        if booting {
+            let bytes = try HostFiles.read(config.kernelPath, what: "kernel", limit: memoryBytes)
+            kernel = try KernelImage.parse(bytes, path: config.kernelPath)
+            initrd = try config.initrdPath.map { (path: $0, bytes: try HostFiles.read($0, what: "initrd", limit: memoryBytes)) }
+        } else {
+            kernel = nil
+            initrd = nil
+        }
+        kvm = try KVMSystem.open(config.kvmPath)
+        opened.append(kvm)
+        var disks: [Int32] = []
+        for d in config.disks {
+            let fd = try Block.open(d)
+            opened.append(fd)
+            disks.append(fd)
+        }
+        var taps: [(fd: Int32, name: String)] = []
+        for n in config.nets {
+            let tap = try Net.openTap(n)
+            opened.append(tap.fd)
+            taps.append(tap)
+        }
+        var vsockListener: Int32?
+        if let v = config.vsock {
+            try Vsock.check(v)
+            let fd = try Vsock.listen(v.socketPath)
+            opened.append(fd)
+            bound.append(v.socketPath)
+            vsockListener = fd
+        }
+        var controlListener: Int32?
+        if let path = controlSocket {
+            let fd = try ControlServer.listen(path)
+            opened.append(fd)
+            bound.append(path)
+            controlListener = fd
+        }
+        self.disks = disks
+        self.taps = taps
+        self.vsockListener = vsockListener
+        self.controlListener = controlListener
+        socketPaths = bound
+        done = true
+    }
+
+    /// The descriptors a jailed VMM keeps.
+    public var descriptors: [Int32] {
+        [kvm] + disks + taps.map(\.fd) + [vsockListener, controlListener].compactMap { $0 }
+    }
+
+    /// Closes this process's copies (a launcher, once the VMM has them).
+    public func closeDescriptors() { descriptors.forEach { _ = close($0) } }
+
+    /// Removes the socket files bound for this VM (once it has stopped).
+    public func removeSockets() { socketPaths.forEach { _ = unlink($0) } }
+}

@@ -1,0 +1,174 @@
+import Glibc
+import Jail
+import Machine
+import VMM
+
+/// Starts one VM (booting or restoring) and exits with its status.
+///
+/// This process is the privileged side: it opens every host resource the
+/// configuration names (kernel, disks, TAPs, sockets, /dev/kvm) and sets
+/// up host networking. As root the VMM then runs jailed in a child
+/// (`Jail`), holding only those descriptors, and this process waits, passes
+/// signals on, and undoes the host side when it ends. Otherwise (or with
+/// --no-jail) the VMM runs here. Either way every VMM thread runs under its
+/// seccomp filter.
+func launch(_ base: VMConfiguration, snapshot: SnapshotImage?, options: RunOptions) -> Never {
+    var config = base
+    config.trackDirtyPages = options.trackDirtyPages
+    if let device = getenv("SKIFF_KVM_DEVICE") { config.kvmPath = String(cString: device) }
+    // Decided here: a jailed VMM cannot read /sys.
+    if config.cpuTemplate == nil && snapshot == nil { config.cpuTemplate = CPUTemplate.automatic() }
+    Seccomp.testViolation = options.seccompViolation
+    if var v = config.vsock { // the VMM connects to `<socket>_<port>` from another working directory
+        v.socketPath = absolute(v.socketPath)
+        config.vsock = v
+    }
+    let resources: HostResources
+    let network = HostNetwork()
+    do {
+        try config.validate(hostMemoryMiB: HostFiles.hostMemoryMiB())
+        resources = try HostResources(config, booting: snapshot == nil, controlSocket: options.controlSocket)
+        do {
+            for (n, tap) in zip(config.nets, resources.taps) { try network.setUp(n, interface: tap.name) }
+        } catch {
+            network.tearDown()
+            resources.closeDescriptors()
+            resources.removeSockets()
+            throw error
+        }
+    } catch let e as UserInputError {
+        fail(e.description, status: 2)
+    } catch {
+        fail("\(error)", status: 1)
+    }
+    let status: Int32
+    if options.jail ?? (geteuid() == 0) {
+        status = runJailed(config, resources: resources, snapshot: snapshot, options: options)
+    } else {
+        status = runMachine(config, resources: resources, snapshot: snapshot, options: options,
+                            mainSpawnsProcesses: network.isActive)
+    }
+    network.tearDown()
+    resources.removeSockets()
+    exit(status)
+}
+
+/// Runs the VMM in a jail and waits for it; its exit status.
+func runJailed(_ config: VMConfiguration, resources: HostResources, snapshot: SnapshotImage?, options: RunOptions) -> Int32 {
+    var jail = Jail()
+    jail.uid = options.jailUID
+    jail.gid = options.jailGID
+    jail.keep = resources.descriptors + (snapshot?.layers.map(\.fd) ?? [])
+    if let v = config.vsock { jail.binds = [directory(of: v.socketPath)] }
+    // Signals for the VMM are taken here (blocked before the fork, so none
+    // is lost in between) and passed on.
+    let forwarded: [Int32] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT]
+    var signals = sigset_t()
+    sigemptyset(&signals)
+    for s in forwarded + [SIGCHLD] { sigaddset(&signals, s) }
+    pthread_sigmask(SIG_BLOCK, &signals, nil)
+    let terminal = TerminalState(fd: STDIN_FILENO)
+    let vmm: JailedVMM
+    do {
+        vmm = try jail.spawn(name: "vm-\(getpid())", prepare: {
+            // The VMM's own pagemap, while it can still see /proc.
+            MemoryFile.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
+            return MemoryFile.pagemap >= 0 ? [MemoryFile.pagemap] : []
+        }, body: {
+            exit(runMachine(config, resources: resources, snapshot: snapshot, options: options, mainSpawnsProcesses: false))
+        })
+    } catch {
+        resources.closeDescriptors()
+        var line = Array("skiff: \(error)\n".utf8)
+        _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+        return 1
+    }
+    resources.closeDescriptors() // the VMM has them now
+    snapshot?.close()
+    var status: Int32?
+    while status == nil {
+        var received: Int32 = 0
+        sigwait(&signals, &received)
+        if received == SIGCHLD {
+            var raw: Int32 = 0
+            if waitpid(vmm.keeper, &raw, WNOHANG) == vmm.keeper {
+                // Reaped here: wait() would find nothing; decode as it does.
+                status = raw & 0x7f == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
+                vmm.removeCgroup()
+            }
+        } else {
+            vmm.signal(received)
+        }
+    }
+    terminal.restore()
+    let code = status ?? 1
+    // 159 is the seccomp handler's own exit (it printed its line).
+    if code > 128 && code != 159 {
+        var line = Array("skiff: the VMM was killed by signal \(code - 128)\n".utf8)
+        _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+        return 1
+    }
+    return code
+}
+
+/// Builds and runs the VM in this process; returns the exit status after
+/// printing the stop reason, as `skiff run` reports it.
+func runMachine(_ config: VMConfiguration, resources: HostResources, snapshot: SnapshotImage?, options: RunOptions,
+                mainSpawnsProcesses: Bool) -> Int32 {
+    do {
+        let machine = try VirtualMachine(config, resources: resources, restoring: snapshot, consoleOutput: { byte in
+            var b = byte
+            _ = write(1, &b, 1)
+        })
+        let reason = try machine.run(startPaused: options.paused, seccomp: options.seccomp,
+                                     mainSpawnsProcesses: mainSpawnsProcesses)
+        if reason.exitStatus != 0 || { if case .reset = reason { return false }; return true }() {
+            report(reason.description)
+            return reason.exitStatus
+        }
+        return 0
+    } catch let e as UserInputError {
+        report(e.description)
+        return 2
+    } catch {
+        report("\(error)")
+        return 1
+    }
+}
+
+func report(_ message: String) {
+    var line = Array("skiff: \(message)\n".utf8)
+    _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+}
+
+/// "/a/b/c" -> "/a/b".
+func directory(of path: String) -> String {
+    let p = absolute(path)
+    guard let slash = p.utf8.lastIndex(of: UInt8(ascii: "/")) else { return "/" }
+    let d = String(p[..<slash])
+    return d.isEmpty ? "/" : d
+}
+
+func absolute(_ path: String) -> String {
+    path.utf8.first == UInt8(ascii: "/") ? path : currentDirectory() + "/" + path
+}
+
+func currentDirectory() -> String {
+    var buffer = [CChar](repeating: 0, count: Int(PATH_MAX))
+    guard getcwd(&buffer, buffer.count) != nil else { return "/" }
+    return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+/// The terminal's settings, put back if the VMM could not (it was killed).
+struct TerminalState {
+    let fd: Int32
+    let saved: termios?
+    init(fd: Int32) {
+        self.fd = fd
+        var t = termios()
+        saved = isatty(fd) != 0 && tcgetattr(fd, &t) == 0 ? t : nil
+    }
+    func restore() {
+        if var t = saved { tcsetattr(fd, TCSANOW, &t) }
+    }
+}
