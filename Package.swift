@@ -21,10 +21,12 @@ let package = Package(
         .target(name: "Machine", dependencies: ["KVM", "CKVM", "CSeccomp"]),
         .target(name: "Devices", dependencies: ["Machine", "CKVM"]),
         .target(name: "HostTools"),
+        // HMAC-SHA256 for snapshot seals, on Debian's Nettle.
+        .target(name: "CCrypto", linkerSettings: [.linkedLibrary("nettle")]),
         // The jailer: namespaces, an empty root, no privileges, a cgroup.
         .target(name: "CJail"),
         .target(name: "Jail", dependencies: ["CJail"]),
-        .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM", "HostTools"]),
+        .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM", "HostTools", "CCrypto"]),
         .target(name: "Appliance", dependencies: ["HostTools"]),
         .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance", "HostTools", "Jail"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),

@@ -2,44 +2,75 @@ import Devices
 import Glibc
 import HostTools
 
-/// The host side a `--net` asks for, done with iproute2 and nftables:
-/// the TAP up, an address on it (or on its bridge), the bridge itself if
-/// it did not exist, and masquerading NAT for the address's subnet. Every
-/// step is recorded with its undo; `tearDown` undoes them in reverse when
-/// the VM stops (a TAP Skiff created disappears with its file descriptor).
+/// The host side a `--net` asks for, done with iproute2 and nftables by
+/// the launcher (never by a jailed VMM): the TAP up, an address on it (or
+/// on its bridge), the bridge itself if it did not exist, a filter that
+/// keeps the guest to its own MAC on the bridge, and masquerading NAT for
+/// the address's subnet. Every step is recorded with its undo; `tearDown`
+/// undoes them in reverse when the VM stops (a TAP Skiff created
+/// disappears with its file descriptor).
+///
+/// Names reach `ip` and `nft` only after `Net.interfaceNameIsValid`, and nft
+/// gets them quoted, so none is read as syntax; the tools are run by
+/// absolute path, never found through PATH.
 public final class HostNetwork: @unchecked Sendable {
-    private var undo: [[String]] = []
+    enum Undo {
+        case run([String])
+        /// Deletes a bridge Skiff made, once no other interface uses it
+        /// (clones share one).
+        case deleteBridgeIfUnused(String)
+        /// Puts ip_forward back as it was, once no other Skiff NAT needs it.
+        case restoreForwarding(String)
+    }
+    private var undo: [Undo] = []
 
     public init() {}
 
     /// Whether anything was set up (so something must run to undo it).
     public var isActive: Bool { !undo.isEmpty }
 
+    static let toolDirectories = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+    static func tool(_ name: String) -> String {
+        toolDirectories.map { $0 + "/" + name }.first { access($0, X_OK) == 0 } ?? "/usr/sbin/" + name
+    }
+    static let forwarding = "/proc/sys/net/ipv4/ip_forward"
+
     public func setUp(_ o: Net.Options, interface tap: String) throws(NetError) {
         do {
+            guard Net.interfaceNameIsValid(tap) else { throw NetError("--net tap=\(tap): not an interface name") }
             var device = tap
             if let bridge = o.bridge {
-                if (try? Subprocess.run(["ip", "link", "show", "dev", bridge], capture: true, quiet: true)) == nil {
-                    try run(["ip", "link", "add", "name", bridge, "type", "bridge"], undo: ["ip", "link", "del", "dev", bridge])
+                guard Net.interfaceNameIsValid(bridge) else {
+                    throw NetError("--net bridge=\(bridge): not an interface name (1-15 letters, digits, '-', '_', '.')")
                 }
-                try run(["ip", "link", "set", "dev", bridge, "up"])
-                try run(["ip", "link", "set", "dev", tap, "master", bridge], undo: ["ip", "link", "set", "dev", tap, "nomaster"])
+                if !Self.linkExists(bridge) {
+                    do {
+                        try ip(["link", "add", "name", bridge, "type", "bridge"])
+                        undo.append(.deleteBridgeIfUnused(bridge))
+                    } catch {
+                        // Another VM (a clone) made it meanwhile: share it.
+                        guard Self.linkExists(bridge) else { throw error }
+                    }
+                }
+                try ip(["link", "set", "dev", bridge, "up"])
+                try ip(["link", "set", "dev", tap, "master", bridge], undo: ["link", "set", "dev", tap, "nomaster"])
                 device = bridge
+                try guardSourceMAC(o.mac, tap: tap)
             }
-            try run(["ip", "link", "set", "dev", tap, "up"])
+            try ip(["link", "set", "dev", tap, "up"])
             if let address = o.hostAddress {
-                try run(["ip", "addr", "add", address, "dev", device], undo: ["ip", "addr", "del", address, "dev", device])
+                guard Self.subnet(address) != nil else { throw NetError("--net host=\(address): not an IPv4 ADDRESS/PREFIX") }
+                try ip(["addr", "add", address, "dev", device], undo: ["addr", "del", address, "dev", device])
             }
             if o.nat {
                 guard let address = o.hostAddress, let subnet = Self.subnet(address) else {
                     throw NetError("--net nat needs host=ADDRESS/PREFIX")
                 }
                 let table = "skiff-\(getpid())-\(tap)"
-                let forward = open("/proc/sys/net/ipv4/ip_forward", O_WRONLY)
-                if forward >= 0 { _ = write(forward, "1", 1); close(forward) }
-                try run(["nft", "add", "table", "ip", table], undo: ["nft", "delete", "table", "ip", table])
-                try run(["nft", "add", "chain", "ip", table, "postrouting", "{ type nat hook postrouting priority 100 ; }"])
-                try run(["nft", "add", "rule", "ip", table, "postrouting", "ip", "saddr", subnet, "oifname", "!=", device, "masquerade"])
+                try enableForwarding()
+                try nft(["add", "table", "ip", table], undo: ["delete", "table", "ip", table])
+                try nft(["add", "chain", "ip", table, "postrouting", "{ type nat hook postrouting priority 100 ; }"])
+                try nft(["add", "rule", "ip", table, "postrouting", "ip", "saddr", subnet, "oifname", "!=", "\"\(device)\"", "masquerade"])
             }
         } catch let e as NetError {
             tearDown()
@@ -50,22 +81,75 @@ public final class HostNetwork: @unchecked Sendable {
         }
     }
 
-    public func tearDown() {
-        while let command = undo.popLast() { _ = try? Subprocess.run(command, capture: true) }
+    /// On a bridge the guest could send with any source MAC and take over
+    /// another machine's traffic: frames from its TAP must carry its own.
+    private func guardSourceMAC(_ mac: [UInt8], tap: String) throws {
+        let hex = mac.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")
+        let table = "skiff-\(getpid())-\(tap)-mac"
+        try nft(["add", "table", "bridge", table], undo: ["delete", "table", "bridge", table])
+        try nft(["add", "chain", "bridge", table, "guest", "{ type filter hook prerouting priority -200 ; }"])
+        try nft(["add", "rule", "bridge", table, "guest", "iifname", "\"\(tap)\"", "ether", "saddr", "!=", hex, "drop"])
     }
 
-    private func run(_ command: [String], undo reverse: [String]? = nil) throws {
-        try Subprocess.run(command, capture: true)
-        if let reverse { undo.append(reverse) }
+    private func enableForwarding() throws {
+        let before = Self.readForwarding()
+        if before != "1" {
+            guard Self.writeForwarding("1") else { throw NetError("--net nat: cannot enable \(Self.forwarding)") }
+            undo.append(.restoreForwarding(before ?? "0"))
+        }
+    }
+
+    public func tearDown() {
+        while let step = undo.popLast() {
+            switch step {
+            case .run(let command):
+                _ = try? Subprocess.run(command, capture: true, quiet: true)
+            case .deleteBridgeIfUnused(let bridge):
+                let ports = (try? Subprocess.run([Self.tool("ip"), "-o", "link", "show", "master", bridge], capture: true, quiet: true)) ?? "x"
+                if ports.isEmpty { _ = try? Subprocess.run([Self.tool("ip"), "link", "del", "dev", bridge], capture: true, quiet: true) }
+            case .restoreForwarding(let value):
+                let tables = (try? Subprocess.run([Self.tool("nft"), "list", "tables", "ip"], capture: true, quiet: true)) ?? "skiff-"
+                if !tables.contains("skiff-") { _ = Self.writeForwarding(value) }
+            }
+        }
+    }
+
+    private func ip(_ args: [String], undo reverse: [String]? = nil) throws {
+        try Subprocess.run([Self.tool("ip")] + args, capture: true)
+        if let reverse { undo.append(.run([Self.tool("ip")] + reverse)) }
+    }
+
+    private func nft(_ args: [String], undo reverse: [String]? = nil) throws {
+        try Subprocess.run([Self.tool("nft")] + args, capture: true)
+        if let reverse { undo.append(.run([Self.tool("nft")] + reverse)) }
+    }
+
+    static func linkExists(_ name: String) -> Bool {
+        (try? Subprocess.run([tool("ip"), "link", "show", "dev", name], capture: true, quiet: true)) != nil
+    }
+
+    static func readForwarding() -> String? {
+        let fd = open(forwarding, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var b: UInt8 = 0
+        return read(fd, &b, 1) == 1 ? String(UnicodeScalar(b)) : nil
+    }
+
+    static func writeForwarding(_ value: String) -> Bool {
+        let fd = open(forwarding, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return write(fd, value, 1) == 1
     }
 
     /// "10.0.2.2/24" -> "10.0.2.0/24"
     static func subnet(_ cidr: String) -> String? {
-        let parts = cidr.utf8.split(separator: UInt8(ascii: "/")).map { String(Substring($0)) }
+        let parts = cidr.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map { String(Substring($0)) }
         guard parts.count == 2, let prefix = UInt32(parts[1]), prefix <= 32 else { return nil }
-        let octets = parts[0].utf8.split(separator: UInt8(ascii: ".")).compactMap { UInt32(String(Substring($0))) }
-        guard octets.count == 4, octets.allSatisfy({ $0 < 256 }) else { return nil }
-        let address = octets.reduce(0) { $0 << 8 | $1 }
+        let octets = parts[0].utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false).map { UInt32(String(Substring($0))) }
+        guard octets.count == 4, octets.allSatisfy({ $0 != nil && $0! < 256 }) else { return nil }
+        let address = octets.reduce(0) { $0 << 8 | $1! }
         let network = prefix == 0 ? 0 : address & ~UInt32(0) << (32 - prefix)
         return "\(network >> 24).\(network >> 16 & 255).\(network >> 8 & 255).\(network & 255)/\(prefix)"
     }

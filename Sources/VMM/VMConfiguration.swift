@@ -25,6 +25,9 @@ public struct VMConfiguration: Sendable {
     /// KVM's dirty log and Skiff's own record of device writes, so that
     /// diff snapshots can save only what changed.
     public var trackDirtyPages = false
+    /// The key this VM's snapshots are sealed with (`SnapshotSeal`), given
+    /// by the launcher; nil: they are not sealed. Never saved.
+    public var sealKey: [UInt8]?
 
     public var hasVirtioDevices: Bool { !disks.isEmpty || !nets.isEmpty || rng || vsock != nil || balloon != nil }
 

@@ -49,9 +49,12 @@ enum Clone {
         guard let count, count >= 1, count <= maxClones else { fail("clone: -n must be between 1 and \(maxClones)", status: 2) }
         // Check the snapshot and the clones' identities before starting any.
         do {
-            let image = try SnapshotImage.load(snapshot)
+            let image = try SnapshotImage.load(snapshot, hostKey: SnapshotSeal.hostKey(create: false))
             var config = image.configuration
             image.close()
+            guard image.sealed || config.hostResourceNames.isEmpty else {
+                fail("clone: \(snapshot) was not sealed by this host, so the host resources it names are not opened (restore it with each given instead)", status: 2)
+            }
             try identity(&config, index: 0)
         } catch let e as CustomStringConvertible { fail(e.description, status: 2) } catch { fail("\(error)", status: 2) }
 

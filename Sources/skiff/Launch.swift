@@ -25,6 +25,8 @@ func launch(_ base: VMConfiguration, snapshot: SnapshotImage?, options: RunOptio
     }
     let resources: HostResources
     let network = HostNetwork()
+    // The VM's snapshots are sealed for exactly the resources opened here.
+    config.sealKey = SnapshotSeal.hostKey(create: true).map { SnapshotSeal.resourceKey(config, hostKey: $0) }
     do {
         try config.validate(hostMemoryMiB: HostFiles.hostMemoryMiB())
         resources = try HostResources(config, booting: snapshot == nil, controlSocket: options.controlSocket)
@@ -102,8 +104,7 @@ func runJailed(_ config: VMConfiguration, resources: HostResources, snapshot: Sn
     }
     terminal.restore()
     let code = status ?? 1
-    // 159 is the seccomp handler's own exit (it printed its line).
-    if code > 128 && code != 159 {
+    if code > 128 {
         var line = Array("skiff: the VMM was killed by signal \(code - 128)\n".utf8)
         _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
         return 1

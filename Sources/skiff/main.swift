@@ -244,24 +244,34 @@ func restore(_ args: ArraySlice<String>) -> Never {
     guard let directory = args.first, !directory.hasPrefix("-") else { fail("usage: skiff restore SNAPSHOT [options]", status: 2) }
     let options: RunOptions
     do { options = try RunOptions(args.dropFirst()) } catch { fail(error.description, status: 2) }
-    let restoreOptions = ["--net", "--vsock", "--control-socket", "--paused", "--track-dirty-pages", "--clone-index",
+    let restoreOptions = ["--disk", "--net", "--vsock", "--control-socket", "--paused", "--track-dirty-pages", "--clone-index",
                           "--no-jail", "--jail-uid", "--jail-gid", "--no-seccomp", "--test-seccomp-violation"]
     guard options.given.allSatisfy(restoreOptions.contains) else {
-        fail("skiff restore: the snapshot fixes the kernel, memory, CPUs and devices; only --net, --vsock, --control-socket, --paused and --track-dirty-pages may be given", status: 2)
+        fail("skiff restore: the snapshot fixes the kernel, memory, CPUs and devices; only --disk, --net, --vsock, --control-socket, --paused and --track-dirty-pages may be given", status: 2)
     }
     let image: SnapshotImage
-    do { image = try SnapshotImage.load(directory) } catch { fail(error.description, status: 2) }
+    do { image = try SnapshotImage.load(directory, hostKey: SnapshotSeal.hostKey(create: false)) } catch { fail(error.description, status: 2) }
     var config = image.configuration
-    if !options.nets.isEmpty {
-        guard options.nets.count == config.nets.count else {
-            fail("skiff restore: the snapshot's VM has \(config.nets.count) network devices, \(options.nets.count) --net given", status: 2)
+    // Host resources given here replace the saved ones, all of a kind at
+    // once. Those of a snapshot this host did not seal are never used: each
+    // must be given (see SnapshotSeal).
+    func replace<T>(_ given: [T], _ saved: inout [T], _ what: String, _ option: String) {
+        if given.isEmpty {
+            guard image.sealed || saved.isEmpty else {
+                fail("skiff restore: \(directory) was not sealed by this host, so the \(what) it names (\(image.configuration.hostResourceNames.joined(separator: ", "))) are not opened: give \(option) for each of its \(saved.count)", status: 2)
+            }
+            return
         }
-        config.nets = options.nets
+        guard given.count == saved.count else {
+            fail("skiff restore: the snapshot's VM has \(saved.count) \(what), \(given.count) \(option) given", status: 2)
+        }
+        saved = given
     }
-    if let v = options.vsock {
-        guard config.vsock != nil else { fail("skiff restore: the snapshot's VM has no vsock device", status: 2) }
-        config.vsock = v
-    }
+    replace(options.disks, &config.disks, "disks", "--disk")
+    replace(options.nets, &config.nets, "network devices", "--net")
+    var vsocks = config.vsock.map { [$0] } ?? []
+    replace(options.vsock.map { [$0] } ?? [], &vsocks, "vsock devices", "--vsock")
+    config.vsock = vsocks.first
     if let i = options.cloneIndex {
         do { try Clone.identity(&config, index: i) } catch { fail(error.description, status: 2) }
     }

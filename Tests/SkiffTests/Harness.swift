@@ -147,13 +147,38 @@ final class Session: @unchecked Sendable {
         return false
     }
 
-    /// CPU seconds (user + system, guest time included) used so far.
+    /// CPU seconds (user + system, guest time included) used so far by
+    /// the process and its descendants (a jailed VMM is a grandchild).
     func cpuSeconds() -> Double {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return -1 }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        let ticks = (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0) // utime, stime
+        var ticks = 0.0
+        for p in [pid] + Self.descendants(of: pid) {
+            guard let stat = try? String(contentsOfFile: "/proc/\(p)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            ticks += (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0) // utime, stime
+        }
         return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// Every process below `pid`, children first.
+    static func descendants(of pid: pid_t) -> [pid_t] {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        let children = tasks.flatMap { t in
+            ((try? String(contentsOfFile: "/proc/\(pid)/task/\(t)/children", encoding: .utf8)) ?? "")
+                .split(separator: " ").compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+        return children + children.flatMap { descendants(of: $0) }
+    }
+
+    /// The process running the VM: the deepest descendant (launcher ->
+    /// keeper -> VMM when jailed), or this one. Waits up to 5 s for it.
+    func vmmPID() -> pid_t {
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            if let last = Self.descendants(of: pid).last, Self.descendants(of: pid).count >= 2 { return last }
+            usleep(10_000)
+        }
+        return Self.descendants(of: pid).last ?? pid
     }
 
     func signal(_ s: Int32) { if isRunning { kill(pid, s) } }

@@ -20,6 +20,9 @@ enum UnixSocket {
         var a = address(path)
         let r = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
         precondition(r == 0 && Glibc.listen(fd, 1) == 0)
+        // A jailed VMM runs as an unprivileged uid: connecting needs write
+        // permission on the socket (as for Firecracker's jailer).
+        chmod(path, 0o666)
         return fd
     }
 

@@ -79,7 +79,12 @@ public enum StateFile {
     }
 
     public static func read(_ path: String) throws(SnapshotError) -> [String: StateReader] {
-        try decode(readFile(path, limit: maxSize), path: path)
+        try decode(readBytes(path), path: path)
+    }
+
+    /// The file's bytes, undecoded (a seal covers exactly these).
+    public static func readBytes(_ path: String) throws(SnapshotError) -> [UInt8] {
+        try readFile(path, limit: maxSize)
     }
 }
 
@@ -157,7 +162,7 @@ public struct StateReader: Sendable {
 }
 
 /// Whole-file I/O for snapshots, with errors that name the file.
-func writeFile(_ path: String, _ bytes: [UInt8]) throws(SnapshotError) {
+public func writeFile(_ path: String, _ bytes: [UInt8]) throws(SnapshotError) {
     let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
     guard fd >= 0 else { throw SnapshotError("\(path): \(String(cString: strerror(errno)))") }
     defer { close(fd) }

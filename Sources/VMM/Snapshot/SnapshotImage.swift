@@ -16,15 +16,25 @@ public struct SnapshotImage: Sendable {
 
     public let directory: String
     public let id: [UInt8]
+    /// Whether this host sealed it (`SnapshotSeal`): only then are the
+    /// host resources its state names trusted.
+    public let sealed: Bool
     public var configuration: VMConfiguration
     let sections: [String: StateReader]
     /// The memory files under RAM, base first.
     public let layers: [MemoryLayer]
 
-    public static func load(_ directory: String, depth: Int = 0) throws(SnapshotError) -> SnapshotImage {
+    /// `hostKey` is this host's snapshot key (nil: no snapshot is trusted).
+    public static func load(_ directory: String, hostKey: [UInt8]?, depth: Int = 0) throws(SnapshotError) -> SnapshotImage {
         guard depth < maxDepth else { throw SnapshotError("\(directory): chain of diff snapshots longer than \(maxDepth)") }
         let statePath = directory + "/" + stateName
-        let sections = try StateFile.read(statePath)
+        var st = stat()
+        guard stat(directory, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
+            throw SnapshotError("\(directory): \(errno == ENOENT ? "no such directory" : "not a snapshot directory")")
+        }
+        guard access(statePath, F_OK) == 0 else { throw SnapshotError("\(directory): not a snapshot (it has no state file)") }
+        let stateBytes = try StateFile.readBytes(statePath)
+        let sections = try StateFile.decode(stateBytes, path: statePath)
         var info = try section(sections, "snapshot", statePath)
         let id = try info.bytes(16)
         let parent = try info.string()
@@ -32,13 +42,27 @@ public struct SnapshotImage: Sendable {
         try info.finish()
         var c = try section(sections, "config", statePath)
         let configuration = try VMConfiguration.load(&c)
+        let sealed = hostKey.map { key in
+            (try? StateFile.readBytes(directory + "/" + SnapshotSeal.fileName)).map {
+                SnapshotSeal.verify($0, state: stateBytes, config: configuration, hostKey: key)
+            } ?? false
+        } ?? false
         let size = configuration.memoryMiB << 20
         let ranges = X86Layout.ramRanges(size: size)
 
         var layers: [MemoryLayer] = []
         var dirty: [PageBitmap]?
         if !parent.isEmpty {
-            let base = try load(parent, depth: depth + 1)
+            // The base is a host file the state names: followed only from
+            // a sealed snapshot to a sealed base.
+            guard sealed else {
+                throw SnapshotError("\(directory): a diff snapshot this host did not seal: its base \(parent) is not opened (restore it where it was made)")
+            }
+            let base = try load(parent, hostKey: hostKey, depth: depth + 1)
+            guard base.sealed else {
+                base.close()
+                throw SnapshotError("\(directory): its base snapshot \(parent) was not sealed by this host")
+            }
             guard base.id == parentID else {
                 base.close()
                 throw SnapshotError("\(directory): its base snapshot \(parent) has been replaced (identifiers differ)")
@@ -72,7 +96,7 @@ public struct SnapshotImage: Sendable {
             throw error
         }
         layers.append(MemoryLayer(fd: fd, pages: dirty))
-        return SnapshotImage(directory: directory, id: id, configuration: configuration, sections: sections, layers: layers)
+        return SnapshotImage(directory: directory, id: id, sealed: sealed, configuration: configuration, sections: sections, layers: layers)
     }
 
     static func section(_ sections: [String: StateReader], _ name: String, _ path: String) throws(SnapshotError) -> StateReader {

@@ -109,8 +109,14 @@ extension VirtualMachine {
         for vcpu in vcpus { sections.append(("vcpu.\(vcpu.id)", try saveVcpuState(vcpu, msrIndices: msrIndices))) }
         sections.append(("devices", saveDeviceState()))
         let statePath = directory + "/" + SnapshotImage.stateName
-        try StateFile.write(sections, to: statePath + ".new")
-        guard rename(memoryPath + ".new", memoryPath) == 0, rename(statePath + ".new", statePath) == 0 else {
+        let state = StateFile.encode(sections)
+        try writeFile(statePath + ".new", state)
+        // The seal (SnapshotSeal) lets this host trust the resources it names.
+        let sealPath = directory + "/" + SnapshotSeal.fileName
+        if let key = configuration.sealKey { try writeFile(sealPath + ".new", SnapshotSeal.seal(state, key: key)) }
+        guard rename(memoryPath + ".new", memoryPath) == 0,
+              configuration.sealKey == nil || rename(sealPath + ".new", sealPath) == 0,
+              rename(statePath + ".new", statePath) == 0 else {
             throw SnapshotError("\(directory): rename: \(String(cString: strerror(errno)))")
         }
         control.withLock { $0.lastSnapshot = (directory, id) }
