@@ -1,3 +1,4 @@
+import CKVM
 import Devices
 import Glibc
 import Machine
@@ -62,22 +63,33 @@ final class ControlServer: @unchecked Sendable {
         return fd
     }
 
-    /// Reads request lines from one client until it hangs up.
+    /// Reads request lines from one client until it hangs up. Descriptors
+    /// sent with a request (a snapshot's files) go with the line they came in.
     static func serve(_ client: Int32, machine: VirtualMachine, stop: EventFD) {
         var pending: [UInt8] = []
+        var files: [Int32] = []
+        defer { files.forEach { _ = close($0) } }
         var buffer = [UInt8](repeating: 0, count: 1024)
         while true {
             // A client that says nothing for a while is let go: requests
             // are served one at a time, and it would hold up the others.
             let ready = Poller.wait([stop.fd, client], timeoutMs: idleTimeoutMs)
             if ready.isEmpty || ready.contains(stop.fd) { return }
-            let n = buffer.withUnsafeMutableBytes { read(client, $0.baseAddress, $0.count) }
+            var received = [Int32](repeating: -1, count: SnapshotFiles.count)
+            var count: Int32 = 0
+            let n = buffer.withUnsafeMutableBytes { b in
+                ckvm_recv_with_fds(client, b.baseAddress, UInt(b.count), &received, Int32(received.count), &count)
+            }
+            files += received.prefix(Int(count))
             guard n > 0 else { return }
             pending += buffer.prefix(n)
             while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
                 let line = Array(pending[..<newline])
                 pending.removeSubrange(...newline)
-                guard reply(client, handle(line, machine)) else { return }
+                let answer = handle(line, machine, files: files)
+                files.forEach { _ = close($0) }
+                files = []
+                guard reply(client, answer) else { return }
             }
             if pending.count > maxLine {
                 _ = reply(client, "error request longer than \(maxLine) bytes")
@@ -86,7 +98,7 @@ final class ControlServer: @unchecked Sendable {
         }
     }
 
-    static func handle(_ line: [UInt8], _ machine: VirtualMachine) -> String {
+    static func handle(_ line: [UInt8], _ machine: VirtualMachine, files: [Int32]) -> String {
         let words = line.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: true).map { String(decoding: $0, as: UTF8.self) }
         do throws(ControlError) {
             switch words.first {
@@ -100,7 +112,11 @@ final class ControlServer: @unchecked Sendable {
                 return "ok running"
             case "snapshot" where words.count == 2 || (words.count == 3 && words[2] == "diff"):
                 guard words[1].utf8.first == UInt8(ascii: "/") else { return "error snapshot: the directory must be an absolute path" }
-                return "ok " + (try machine.snapshot(to: words[1], diff: words.count == 3))
+                guard files.count == SnapshotFiles.count else {
+                    return "error snapshot: the request must carry the snapshot's \(SnapshotFiles.count) files (skiff snapshot opens them)"
+                }
+                let target = SnapshotFiles(memory: files[0], state: files[1], seal: files[2])
+                return "ok " + (try machine.snapshot(to: words[1], files: target, diff: words.count == 3))
             case "stop" where words.count == 1:
                 machine.stop(.signal(SIGTERM))
                 return "ok stopping"

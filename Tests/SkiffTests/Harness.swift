@@ -68,7 +68,11 @@ final class Session: @unchecked Sendable {
     private var inputFD: Int32
     private let started = Date()
 
+    /// Writing to a guest that has just stopped must fail, not kill the tests.
+    static let ignorePipeSignal: Void = { signal(SIGPIPE, SIG_IGN) }()
+
     init(_ executable: String, _ args: [String], environment: [String: String]? = nil) throws {
+        Self.ignorePipeSignal
         arguments = [executable] + args
         var stdin: [Int32] = [0, 0], stdout: [Int32] = [0, 0], stderr: [Int32] = [0, 0]
         guard pipe(&stdin) == 0, pipe(&stdout) == 0, pipe(&stderr) == 0 else { throw POSIXError(.EMFILE) }

@@ -18,10 +18,11 @@ final class JailTests: XCTestCase {
         return fields
     }
 
-    /// Everything under a directory tree, as paths relative to it.
-    private func tree(_ root: String) -> [String] {
-        guard let e = FileManager.default.enumerator(atPath: root + "/") else { return [] } // /proc/PID/root is a link
-        return e.compactMap { $0 as? String }.sorted()
+    /// Everything under a directory tree, as paths relative to it (find(1):
+    /// Foundation's enumerator does not walk /proc/PID/root).
+    private func tree(_ root: String) throws -> [String] {
+        let r = try Harness.run("/usr/bin/find", [root + "/", "-mindepth", "1"])
+        return r.stdout.split(separator: "\n").map { String($0.dropFirst(root.count + 1)) }.sorted()
     }
 
     func testJailedVMMHasNoPrivilegesAndOnlyItsResources() throws {
@@ -57,7 +58,7 @@ final class JailTests: XCTestCase {
         // guest's connections to <socket>_<port>), which holds this test's files.
         let components = dir.split(separator: "/").map(String.init)
         let expected = (1...components.count).map { components.prefix($0).joined(separator: "/") }
-        let visible = tree("/proc/\(vmm)/root").filter { !$0.hasPrefix(String(dir.dropFirst()) + "/") }
+        let visible = try tree("/proc/\(vmm)/root").filter { !$0.hasPrefix(String(dir.dropFirst()) + "/") }
         XCTAssertEqual(visible, expected, "the VMM's root holds only the socket directory")
         // Its descriptors: stdio, KVM's, its disk, eventfds, its two listeners, its pagemap.
         let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(vmm)/fd")

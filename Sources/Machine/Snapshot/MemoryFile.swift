@@ -69,9 +69,15 @@ public enum MemoryFile {
     /// diff). Returns the number of pages written.
     @discardableResult
     public static func write(_ memory: GuestMemory, to path: String, id: [UInt8], dirty: [PageBitmap]? = nil) throws(SnapshotError) -> Int {
-        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw SnapshotError("\(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
+        return try write(memory, fd: fd, name: path, id: id, dirty: dirty)
+    }
+
+    /// The same into an open, empty file (`name` for messages).
+    @discardableResult
+    public static func write(_ memory: GuestMemory, fd: Int32, name path: String, id: [UInt8], dirty: [PageBitmap]? = nil) throws(SnapshotError) -> Int {
         let fail = { (what: String) in SnapshotError("\(path): \(what): \(String(cString: strerror(errno)))") }
         guard ftruncate(fd, off_t(dataOffset + memory.totalSize)) == 0 else { throw fail("ftruncate") }
         try pwriteAll(fd, header(of: memory, id: id).encode(), at: 0, path: path)

@@ -162,10 +162,15 @@ public struct StateReader: Sendable {
 }
 
 /// Whole-file I/O for snapshots, with errors that name the file.
-public func writeFile(_ path: String, _ bytes: [UInt8]) throws(SnapshotError) {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+func writeFile(_ path: String, _ bytes: [UInt8]) throws(SnapshotError) {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
     guard fd >= 0 else { throw SnapshotError("\(path): \(String(cString: strerror(errno)))") }
     defer { close(fd) }
+    try writeWhole(fd, bytes, name: path)
+}
+
+/// All of `bytes` to an open file, then fsync (`name` for messages).
+public func writeWhole(_ fd: Int32, _ bytes: [UInt8], name path: String) throws(SnapshotError) {
     var done = 0
     while done < bytes.count {
         let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }

@@ -43,29 +43,28 @@ extension VirtualMachine {
         pauseGate.resume()
     }
 
-    /// Writes a snapshot into `directory` (made if missing): the full
+    /// Writes a snapshot into `files`, which the client made in `directory`
+    /// (a jailed VMM can open no host path; the client's permissions decide
+    /// where a snapshot may go, and it moves them into place): the full
     /// memory, or with `diff` only the pages written since the last
     /// snapshot this process took or restored. A running VM is paused for
     /// the time it takes and resumed after. Returns a one-line summary.
-    public func snapshot(to directory: String, diff: Bool) throws(ControlError) -> String {
+    public func snapshot(to directory: String, files: SnapshotFiles, diff: Bool) throws(ControlError) -> String {
         let wasPaused = isPaused
         try pause()
         defer { if !wasPaused { try? resume() } }
         do {
-            return try writeSnapshot(to: directory, diff: diff)
+            return try writeSnapshot(to: directory, files: files, diff: diff)
         } catch {
             throw ControlError("\(error)")
         }
     }
 
-    private func writeSnapshot(to directory: String, diff: Bool) throws -> String {
+    private func writeSnapshot(to directory: String, files: SnapshotFiles, diff: Bool) throws -> String {
         let parent = control.withLock { $0.lastSnapshot }
         if diff {
             guard memory.tracksDirtyPages else { throw ControlError("diff snapshots need a VM started with --track-dirty-pages") }
             guard parent != nil else { throw ControlError("a diff snapshot needs an earlier snapshot of this VM (take a full one first)") }
-        }
-        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
-            throw SnapshotError("\(directory): \(String(cString: strerror(errno)))")
         }
         var id = [UInt8](repeating: 0, count: 16)
         _ = id.withUnsafeMutableBytes { getrandom($0.baseAddress, 16, 0) }
@@ -86,10 +85,10 @@ extension VirtualMachine {
             dirty = maps
         }
 
-        // Memory first, the state file last: a snapshot is complete when
-        // its state file is there, and both are renamed into place.
+        // The client renames them into place, the state file last: a
+        // snapshot is complete when its state file is there.
         let memoryPath = directory + "/" + SnapshotImage.memoryName
-        let pages = try MemoryFile.write(memory, to: memoryPath + ".new", id: id, dirty: diff ? dirty : nil)
+        let pages = try MemoryFile.write(memory, fd: files.memory, name: memoryPath, id: id, dirty: diff ? dirty : nil)
         var sections: [(String, StateWriter)] = []
         var info = StateWriter()
         info.bytes += id
@@ -108,16 +107,12 @@ extension VirtualMachine {
         let msrIndices = try kvm.msrIndexList()
         for vcpu in vcpus { sections.append(("vcpu.\(vcpu.id)", try saveVcpuState(vcpu, msrIndices: msrIndices))) }
         sections.append(("devices", saveDeviceState()))
-        let statePath = directory + "/" + SnapshotImage.stateName
         let state = StateFile.encode(sections)
-        try writeFile(statePath + ".new", state)
-        // The seal (SnapshotSeal) lets this host trust the resources it names.
-        let sealPath = directory + "/" + SnapshotSeal.fileName
-        if let key = configuration.sealKey { try writeFile(sealPath + ".new", SnapshotSeal.seal(state, key: key)) }
-        guard rename(memoryPath + ".new", memoryPath) == 0,
-              configuration.sealKey == nil || rename(sealPath + ".new", sealPath) == 0,
-              rename(statePath + ".new", statePath) == 0 else {
-            throw SnapshotError("\(directory): rename: \(String(cString: strerror(errno)))")
+        try writeWhole(files.state, state, name: directory + "/" + SnapshotImage.stateName)
+        // The seal (SnapshotSeal) lets this host trust the resources it
+        // names; an unsealed snapshot leaves its seal file empty.
+        if let key = configuration.sealKey {
+            try writeWhole(files.seal, SnapshotSeal.seal(state, key: key), name: directory + "/" + SnapshotSeal.fileName)
         }
         control.withLock { $0.lastSnapshot = (directory, id) }
         return "\(diff ? "diff" : "full") snapshot \(directory): \(pages) pages of memory, \(vcpus.count) vCPUs, \(virtio.count) virtio devices"
@@ -215,4 +210,12 @@ extension VirtualMachine {
         try restoreDeviceState(&devices)
         control.withLock { $0.lastSnapshot = (snapshot.directory, snapshot.id) }
     }
+}
+
+/// The files a snapshot is written into, opened by the client (in this
+/// order on the control socket).
+public struct SnapshotFiles: Sendable {
+    public static let count = 3
+    public static let names = [SnapshotImage.memoryName, SnapshotImage.stateName, SnapshotSeal.fileName]
+    public let memory: Int32, state: Int32, seal: Int32
 }
