@@ -69,7 +69,7 @@ final class Session: @unchecked Sendable {
     private let started = Date()
 
     /// Writing to a guest that has just stopped must fail, not kill the tests.
-    static let ignorePipeSignal: Void = { signal(SIGPIPE, SIG_IGN) }()
+    static let ignorePipeSignal: Void = { _ = Glibc.signal(SIGPIPE, SIG_IGN) }()
 
     init(_ executable: String, _ args: [String], environment: [String: String]? = nil) throws {
         Self.ignorePipeSignal
