@@ -135,11 +135,11 @@ public final class VirtualMachine: @unchecked Sendable {
 
     /// Runs the guest until it stops; must be called on the thread that
     /// created the VM. Host input is forwarded to the console meanwhile.
-    /// With `seccomp`, every thread runs under its role's filter from its
-    /// first instruction, this one from when the VM runs;
-    /// `mainSpawnsProcesses` lets it still run host programs after.
+    /// Once seccomp is on (`Seccomp.start`, before the VM is built), this
+    /// thread gets its filter too before it waits; `mainSpawnsProcesses`
+    /// lets it still run host programs after.
     public func run(consoleInput: Int32? = STDIN_FILENO, startPaused: Bool = false,
-                    seccomp: Bool = true, mainSpawnsProcesses: Bool = false) throws -> StopReason {
+                    mainSpawnsProcesses: Bool = false) throws -> StopReason {
         var signals = sigset_t()
         sigemptyset(&signals)
         for s in Self.controlSignals + [SIGUSR1] { sigaddset(&signals, s) }
@@ -147,7 +147,6 @@ public final class VirtualMachine: @unchecked Sendable {
         _ = ckvm_install_kick_handler(SIGUSR1)
         signal(SIGPIPE, SIG_IGN)
 
-        if seccomp { try Seccomp.start() }
         let loops = vcpus.map { VcpuLoop(vcpu: $0, io: io, mmio: mmio, stopping: stopping, pauseGate: pauseGate,
                                          onStop: { [unowned self] in self.stop($0) }) }
         let controlServer: ControlServer?

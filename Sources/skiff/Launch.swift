@@ -117,12 +117,14 @@ func runJailed(_ config: VMConfiguration, resources: HostResources, snapshot: Sn
 func runMachine(_ config: VMConfiguration, resources: HostResources, snapshot: SnapshotImage?, options: RunOptions,
                 mainSpawnsProcesses: Bool) -> Int32 {
     do {
+        // Before the VM is built: a restored VM starts its device threads
+        // at once, and every thread must run under its filter.
+        if options.seccomp { try Seccomp.start() }
         let machine = try VirtualMachine(config, resources: resources, restoring: snapshot, consoleOutput: { byte in
             var b = byte
             _ = write(1, &b, 1)
         })
-        let reason = try machine.run(startPaused: options.paused, seccomp: options.seccomp,
-                                     mainSpawnsProcesses: mainSpawnsProcesses)
+        let reason = try machine.run(startPaused: options.paused, mainSpawnsProcesses: mainSpawnsProcesses)
         if reason.exitStatus != 0 || { if case .reset = reason { return false }; return true }() {
             report(reason.description)
             return reason.exitStatus

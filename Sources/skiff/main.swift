@@ -167,7 +167,7 @@ extension RunOptions {
     /// tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,host=ADDR/PREFIX][,bridge=BR][,nat];
     /// the MAC defaults to 52:54:00:12:34:5N.
     static func net(_ spec: String, index: Int) throws(ConfigurationError) -> Net.Options {
-        var tap: String?, mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, UInt8(0x56 + index)]
+        var tap: String?, mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, UInt8(truncatingIfNeeded: 0x56 &+ index)] // index: any count of --net (validated later)
         var host: String?, bridge: String?, nat = false
         for p in spec.utf8.split(separator: UInt8(ascii: ",")).map({ String(Substring($0)) }) {
             if p.hasPrefix("tap=") { tap = String(p.dropFirst(4)) }
@@ -263,7 +263,7 @@ func restore(_ args: ArraySlice<String>) -> Never {
             return
         }
         guard given.count == saved.count else {
-            fail("skiff restore: the snapshot's VM has \(saved.count) \(what), \(given.count) \(option) given", status: 2)
+            fail("skiff restore: the snapshot's VM has \(saved.isEmpty ? "no" : "\(saved.count)") \(what), \(given.count) \(option) given", status: 2)
         }
         saved = given
     }

@@ -101,6 +101,13 @@ final class BadInputTests: XCTestCase {
         try expectUsageError(["--kernel", null, "--net", "mac=52:54:00:12:34:56"], "needs tap=NAME")
         try expectUsageError(["--kernel", null, "--net", "tap=t0,mac=01:00:00:00:00:01"], "bad unicast MAC")
         try expectUsageError(["--kernel", null, "--net", "tap=" + String(repeating: "t", count: 20)], "not an interface name")
+        // Names reach ip and nft: nothing a tool could read as syntax.
+        try expectUsageError(["--kernel", null, "--net", "tap=t0;x"], "not an interface name")
+        try expectUsageError(["--kernel", null, "--net", "tap=-x"], "not an interface name")
+        try expectUsageError(["--kernel", null, "--net", "tap=t0,bridge=br 0"], "not an interface name")
+        try expectUsageError(["--kernel", null, "--net", "tap=t0,host=10.0.0.1/24 drop"], "not an IPv4")
+        // The default MAC counts --net options: 200 of them used to trap.
+        try expectUsageError(["--kernel", null] + (0..<200).flatMap { ["--net", "tap=t\($0)"] }, "too many virtio devices")
     }
 
     func testUnknownCommand() throws {

@@ -70,7 +70,7 @@ final class BadSnapshotTests: XCTestCase {
         try assertRefused(try brokenCopy(of: Self.plain) { d in try rewrite(d + "/state") { $0 = [] } }, "not a Skiff snapshot state file")
         // Another format version: refused by name, never read as this one.
         try assertRefused(try brokenCopy(of: Self.plain) { d in try rewrite(d + "/state") { $0[8] = 99 } }, "snapshot format 99")
-        try assertRefused(try brokenCopy(of: Self.plain) { d in try FileManager.default.removeItem(atPath: d + "/state") }, "No such file")
+        try assertRefused(try brokenCopy(of: Self.plain) { d in try FileManager.default.removeItem(atPath: d + "/state") }, "not a snapshot (it has no state file)")
     }
 
     func testCorruptTruncatedOrForeignMemoryFile() throws {
@@ -101,9 +101,9 @@ final class BadSnapshotTests: XCTestCase {
         }
         try assertRefused(dir, "the snapshot has 0 virtio devices, this VM 1")
         // And identity options that do not fit the snapshot's devices.
-        try assertRefused(Self.plain, "has no vsock device", extra: ["--vsock", "cid=9,socket=\(Self.scratch)/x.sock"])
+        try assertRefused(Self.plain, "has no vsock devices", extra: ["--vsock", "cid=9,socket=\(Self.scratch)/x.sock"])
         try assertRefused(Self.plain, "network devices", extra: ["--net", "tap=skiffbad0"])
-        try assertRefused(Self.plain, "only --net, --vsock", extra: ["--memory", "64"])
+        try assertRefused(Self.plain, "only --disk, --net, --vsock", extra: ["--memory", "64"])
     }
 
     /// A disk that changed size since the snapshot is not the guest's disk.
