@@ -45,13 +45,15 @@ public final class HostNetwork: @unchecked Sendable {
                 }
                 if !Self.linkExists(bridge) {
                     do {
+                        // Marked as Skiff's: the last VM on it removes it.
                         try ip(["link", "add", "name", bridge, "type", "bridge"])
-                        undo.append(.deleteBridgeIfUnused(bridge))
+                        try ip(["link", "set", "dev", bridge, "alias", Self.bridgeMark])
                     } catch {
                         // Another VM (a clone) made it meanwhile: share it.
                         guard Self.linkExists(bridge) else { throw error }
                     }
                 }
+                if Self.isSkiffBridge(bridge) { undo.append(.deleteBridgeIfUnused(bridge)) }
                 try ip(["link", "set", "dev", bridge, "up"])
                 try ip(["link", "set", "dev", tap, "master", bridge], undo: ["link", "set", "dev", tap, "nomaster"])
                 device = bridge
@@ -122,6 +124,16 @@ public final class HostNetwork: @unchecked Sendable {
     private func nft(_ args: [String], undo reverse: [String]? = nil) throws {
         try Subprocess.run([Self.tool("nft")] + args, capture: true)
         if let reverse { undo.append(.run([Self.tool("nft")] + reverse)) }
+    }
+
+    static let bridgeMark = "made-by-skiff"
+    static func isSkiffBridge(_ name: String) -> Bool {
+        let fd = open("/sys/class/net/\(name)/ifalias", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var b = [UInt8](repeating: 0, count: 64)
+        let n = b.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        return n > 0 && String(decoding: b.prefix(n), as: UTF8.self).hasPrefix(bridgeMark)
     }
 
     static func linkExists(_ name: String) -> Bool {

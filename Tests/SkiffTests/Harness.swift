@@ -185,7 +185,15 @@ final class Session: @unchecked Sendable {
         return Self.descendants(of: pid).last ?? pid
     }
 
-    func signal(_ s: Int32) { if isRunning { kill(pid, s) } }
+    /// A jailed VMM dies after its launcher (by the parent-death signal):
+    /// waiting for a killed session waits for these too.
+    private var killedDescendants: [pid_t] = []
+
+    func signal(_ s: Int32) {
+        guard isRunning else { return }
+        if s == SIGKILL { lock.withLock { killedDescendants += Self.descendants(of: pid) } }
+        kill(pid, s)
+    }
 
     func wait(timeout: Double) -> Harness.Result {
         let deadline = Date().addingTimeInterval(timeout)
@@ -198,6 +206,10 @@ final class Session: @unchecked Sendable {
         var st: Int32 = 0
         lock.withLock {
             if rawStatus == nil, waitpid(pid, &st, 0) == pid { rawStatus = st }
+        }
+        let gone = Date().addingTimeInterval(5)
+        for p in lock.withLock({ killedDescendants }) {
+            while kill(p, 0) == 0 && Date() < gone { usleep(2_000) }
         }
         let drained = Date().addingTimeInterval(5)
         while lock.withLock({ openStreams > 0 }) && Date() < drained { usleep(2_000) }
