@@ -158,7 +158,7 @@ public final class VirtualMachine: @unchecked Sendable {
         // VM before any vCPU runs.
         let controlServer: ControlServer?
         do { controlServer = try controlSocket.map { try ControlServer(path: $0, machine: self) } } catch {
-            for transport in virtio { transport.device.reset() }
+            releaseDevices()
             hostNetwork.tearDown()
             throw error
         }
@@ -192,10 +192,17 @@ public final class VirtualMachine: @unchecked Sendable {
         for (loop, thread) in zip(loops, threads) { loop.kick(thread) }
         for thread in threads { thread.join() }
         running.withLock { $0 = [] }
-        for transport in virtio { transport.device.reset() } // stop device threads
+        releaseDevices()
         hostNetwork.tearDown()
         console?.restoreTerminal()
         return stopReason.withLock { $0 } ?? .kvmError("stopped without a reason")
+    }
+
+    /// Stops the device threads; what outlives a device reset (the vsock
+    /// listener and its socket file) goes too: the VM is done.
+    private func releaseDevices() {
+        for transport in virtio { transport.device.reset() }
+        for case let vsock as Vsock in virtio.map(\.device) { vsock.tearDown() }
     }
 }
 
