@@ -35,11 +35,15 @@ public final class Vsock: VirtioDevice {
     static let maxConnecting = 16
     static let retryMs: Int32 = 10
     /// How long a handshake or a close may take: a host listener that
-    /// stays full, a guest that does not answer a host REQUEST or a host
-    /// SHUTDOWN, a host client that does not finish its CONNECT line. Then
-    /// the connection is reset (virtio 1.2, 5.10.6.6 lets the device reset
-    /// a connection whose peer does not complete a shutdown).
+    /// stays full (Linux's own connect timeout is 2 s too), a guest that
+    /// does not answer a host REQUEST or the SHUTDOWN sent when the host
+    /// closed. Then the connection is reset: "if no RST response is
+    /// received within an implementation-specific amount of time, a RST
+    /// packet is sent to forcibly disconnect" (virtio 1.2, 5.10.6.6).
     static let handshakeTimeoutNs = 2_000_000_000
+    /// A host client must finish its CONNECT line within this; longer than
+    /// a handshake so that one typed by hand (socat) still makes it.
+    static let connectLineTimeoutNs = 10_000_000_000
     /// accept(2) failing for want of descriptors leaves the listener
     /// readable: it is left out of the poll this long instead of spinning.
     static let acceptBackoffNs = 100_000_000

@@ -259,7 +259,7 @@ final class VsockLoop: @unchecked Sendable {
             guard openCount < Vsock.maxConnections else { close(fd); continue }
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            pendingHosts[fd] = PendingHost(line: [], deadline: now + Vsock.handshakeTimeoutNs)
+            pendingHosts[fd] = PendingHost(line: [], deadline: now + Vsock.connectLineTimeoutNs)
         }
     }
 
