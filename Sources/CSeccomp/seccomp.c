@@ -60,6 +60,7 @@ static const int net_calls[] = { SCMP_SYS(readv), SCMP_SYS(writev) };
 static const int vsock_calls[] = {
     SCMP_SYS(connect), SCMP_SYS(accept), SCMP_SYS(accept4), SCMP_SYS(shutdown), SCMP_SYS(fcntl),
     SCMP_SYS(getsockopt), SCMP_SYS(sendto), SCMP_SYS(recvfrom), SCMP_SYS(openat), SCMP_SYS(readlink),
+    SCMP_SYS(access), SCMP_SYS(faccessat), SCMP_SYS(faccessat2), // is /proc there (not in the jail)?
 };
 static const int control_calls[] = {
     SCMP_SYS(accept), SCMP_SYS(accept4), SCMP_SYS(fcntl), SCMP_SYS(getsockopt), SCMP_SYS(recvmsg),

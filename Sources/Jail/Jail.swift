@@ -54,6 +54,8 @@ public struct Jail: Sendable {
     private func keep(_ report: Int32, launcher: pid_t, cgroup: Cgroup?, prepare: () -> [Int32], body: () -> Never) -> Never {
         guard cjail_die_with_parent() == 0, getppid() == launcher else { _exit(1) }
         if let cgroup, !cgroup.join() { die("join cgroup \(cgroup.path)") }
+        // The VMM gets its descriptors from here, so the keeper keeps them
+        // until it has forked; it then holds only its report pipe.
         guard cjail_unshare_namespaces() == 0 else { die("unshare namespaces") }
         let vmm = fork()
         guard vmm >= 0 else { die("fork") }
@@ -64,6 +66,7 @@ public struct Jail: Sendable {
         var pid = vmm
         _ = withUnsafeBytes(of: &pid) { write(report, $0.baseAddress, $0.count) }
         close(report)
+        _ = cjail_close_other_fds([], 0) // a VMM that is gone must not leave its sockets open here
         var status: Int32 = 0
         while waitpid(vmm, &status, 0) < 0 && errno == EINTR {}
         _exit(status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
@@ -84,7 +87,11 @@ public struct Jail: Sendable {
         guard entered == 0 else { die(step.map { String(cString: $0) } ?? "enter the jail's root") }
         let kept = Array(Set(keep + more)).sorted()
         guard cjail_close_other_fds(kept, Int32(kept.count)) == 0 else { die("close inherited file descriptors") }
+        let keeper = getppid()
         guard cjail_drop_privileges(uid, gid, &step) == 0 else { die(step.map { String(cString: $0) } ?? "drop privileges") }
+        // Changing credentials cleared the parent-death signal: again, and
+        // make sure the keeper did not die in between.
+        guard cjail_die_with_parent() == 0, getppid() == keeper else { _exit(1) }
         body()
     }
 

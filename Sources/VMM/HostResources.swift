@@ -17,8 +17,10 @@ public final class HostResources: @unchecked Sendable {
     public let taps: [(fd: Int32, name: String)]
     public let vsockListener: Int32?
     public let controlListener: Int32?
-    /// Socket files bound here, removed when the VM is gone.
-    public let socketPaths: [String]
+    /// Socket files bound here (with their device and inode), removed when
+    /// the VM is gone: only if still the ones bound, not one another
+    /// process has put there since.
+    public let socketPaths: [(path: String, file: (UInt64, UInt64)?)]
 
     /// Opens what `config` names. A failure closes what was opened and
     /// throws the user-facing error.
@@ -74,7 +76,7 @@ public final class HostResources: @unchecked Sendable {
         self.taps = taps
         self.vsockListener = vsockListener
         self.controlListener = controlListener
-        socketPaths = bound
+        socketPaths = bound.map { ($0, Self.identity($0)) }
         done = true
     }
 
@@ -87,5 +89,13 @@ public final class HostResources: @unchecked Sendable {
     public func closeDescriptors() { descriptors.forEach { _ = close($0) } }
 
     /// Removes the socket files bound for this VM (once it has stopped).
-    public func removeSockets() { socketPaths.forEach { _ = unlink($0) } }
+    public func removeSockets() {
+        for (path, file) in socketPaths where file != nil && Self.identity(path).map({ $0 == file! }) == true { unlink(path) }
+    }
+
+    private static func identity(_ path: String) -> (UInt64, UInt64)? {
+        var st = stat()
+        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else { return nil }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
 }
