@@ -91,4 +91,16 @@ final class VirtioProbeTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("OTHER-DEVICE OK\n"), r.stdout)
         XCTAssertEqual(r.stderr, "")
     }
+
+    /// A balloon driver that enables only the two required queues and
+    /// notifies queues 2 and 3 (which it does not have): ignored, the
+    /// balloon and the VM's other device go on serving.
+    func testBalloonIgnoresNotifiesForQueuesNotEnabled() throws {
+        let r = try Harness.skiff(["run", "--kernel", Harness.probe("balloon-hostile"), "--balloon", "--rng"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        for line in ["BALLOON-INFLATE OK", "STATUS 0f", "OTHER-DEVICE OK", "BALLOON-DONE"] {
+            XCTAssertTrue(r.stdout.contains(line + "\n"), "missing \(line) in:\n\(r.stdout)")
+        }
+        XCTAssertEqual(r.stderr, "")
+    }
 }

@@ -151,7 +151,12 @@ public final class QueueWorker: @unchecked Sendable {
                 for fd in ready {
                     if let q = notifierFDs.firstIndex(of: fd) {
                         context.notifiers[q].consume()
-                        guard !broken else { continue }
+                        // Every queue's notifier is watched (and drained, so
+                        // it cannot keep poll awake), but only the enabled
+                        // queues exist: a notify for another one (a driver
+                        // that enabled fewer, a restore signalling them all)
+                        // is ignored.
+                        guard !broken, q < context.queues.count else { continue }
                         do throws(QueueError) {
                             try handle(q, nil)
                             if let p = pollQueue, p == q {
