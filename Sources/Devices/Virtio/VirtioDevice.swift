@@ -92,8 +92,10 @@ public final class VirtioSignals: Sendable {
 /// What an activated device works with.
 public struct VirtioContext: Sendable {
     public let memory: GuestMemory
+    /// The queues the driver enabled: a prefix of the device's.
     public let queues: [VirtQueue]
-    /// One per queue: signalled when the driver notifies that queue.
+    /// One per queue of the device, enabled or not: signalled when the
+    /// driver notifies that queue (so there may be more than `queues`).
     public let notifiers: [EventFD]
     public let signals: VirtioSignals
     public let features: UInt64
