@@ -39,8 +39,10 @@ let package = Package(
 // SKIFF_FUZZ and -sanitize=fuzzer: libFuzzer brings its own main, so these
 // cannot link in an ordinary build.
 if Context.environment["SKIFF_FUZZ"] != nil {
-    package.targets.append(.target(name: "SkiffCore", dependencies: ["Machine", "Devices"], path: "Fuzz/SkiffCore"))
-    for name in ["fuzz-virtqueue", "fuzz-block-request", "fuzz-vsock-packet", "fuzz-kernel-image", "fuzz-net-mac", "fuzz-snapshot-state"] {
+    package.targets.append(.target(name: "CFuzz", path: "Fuzz/CFuzz"))
+    package.targets.append(.target(name: "SkiffCore", dependencies: ["Machine", "Devices", "CFuzz"], path: "Fuzz/SkiffCore"))
+    for name in ["fuzz-virtqueue", "fuzz-block-request", "fuzz-vsock-packet", "fuzz-kernel-image", "fuzz-net-mac", "fuzz-snapshot-state",
+                 "fuzz-device-rng", "fuzz-device-blk", "fuzz-device-balloon", "fuzz-device-vsock", "fuzz-device-net"] {
         package.targets.append(.executableTarget(name: name, dependencies: ["SkiffCore"], path: "Fuzz/Sources/\(name)",
                                                  swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
     }

@@ -53,6 +53,17 @@ int main(void) {
     for (int i = 0; i < 4096; i++) zero &= rbuf[i] == 0;
     puts_(zero ? "BLK-ZEROED OK\n" : "BLK-ZEROED BAD\n");
     report("BLK-UNSUPPORTED", request(&q0, 99, 0, 0, 0, 0));
+    /* One segment is advertised (max_discard_seg, max_write_zeroes_seg):
+     * two are refused, and so is write-zeroes beyond max_write_zeroes_sectors. */
+    static struct { uint64_t sector; uint32_t count, flags; } two[2] = { { 16, 8, 0 }, { 16, 16, 0 } };
+    report("BLK-DISCARD-2SEG", request(&q0, 11, 0, two, sizeof two, 0));
+    report("BLK-WRITE-ZEROES-2SEG", request(&q0, 13, 0, two, sizeof two, 0));
+    uint32_t max_zeroes = mmio_read32(rw.base + 0x100 + 0x30);
+    puts_("BLK-MAX-WRITE-ZEROES "); putdec(max_zeroes); putc_('\n');
+    seg.sector = 64; seg.count = 4096; seg.flags = 0; /* 2 MiB */
+    report("BLK-WRITE-ZEROES-BIG", request(&q0, 13, 0, &seg, sizeof seg, 0));
+    seg.sector = 64; seg.count = max_zeroes; seg.flags = 0;
+    report("BLK-WRITE-ZEROES-MAX", request(&q0, 13, 0, &seg, sizeof seg, 0));
     if (vdev_find(&ro, 2, 1) == 0 && vdev_init(&ro, 1 << 5) == 0 && vq_setup(&ro, &q1, 0) == 0) {
         vdev_driver_ok(&ro);
         mmio_write32(ro.base + 0x14, 0);

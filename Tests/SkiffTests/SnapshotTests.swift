@@ -205,4 +205,26 @@ final class SnapshotTests: XCTestCase {
         let done = r.wait(timeout: 10)
         XCTAssertEqual(done.status, 0, done.stderr)
     }
+
+    /// A restore signals every queue's notifier (to serve what was queued
+    /// while the snapshot was taken): a balloon whose driver enabled only
+    /// two of its four queues must take that in its stride.
+    func testRestoredBalloonWithFewerQueuesRuns() throws {
+        let socket = scratch + "/ctl", snap = scratch + "/snap"
+        let s = try Session(Harness.skiff, ["run", "--kernel", Harness.probe("balloon-hostile"), "--balloon", "no-reporting",
+                                            "--rng", "--cmdline", "wait quiet", "--control-socket", socket])
+        XCTAssertTrue(s.waitFor("TICK", timeout: 20), s.stdout + s.stderr)
+        _ = try control(["snapshot", socket, snap])
+        s.signal(SIGKILL)
+        _ = s.wait(timeout: 10)
+
+        let r = try Session(Harness.skiff, ["restore", snap])
+        // Two ticks from the restored VM: its rng still serves.
+        XCTAssertTrue(r.waitFor("TICK\nTICK\n", timeout: 20), r.stdout + r.stderr)
+        r.signal(SIGTERM)
+        let done = r.wait(timeout: 10)
+        XCTAssertEqual(done.status, 0, done.stderr)
+        XCTAssertEqual(done.stderr, "skiff: stopped by signal SIGTERM\n")
+        XCTAssertFalse(done.stdout.contains("TICK-BAD"), done.stdout)
+    }
 }

@@ -19,6 +19,8 @@ final class VirtioProbeTests: XCTestCase {
         for line in ["BLK-CAPACITY 16384", "BLK-WRITE 00", "BLK-READ 00", "BLK-COMPARE OK", "BLK-FLUSH 00",
                      "BLK-GETID 00", "BLK-ID skiff-disk0", "BLK-RANGE 01", "BLK-FILL 00", "BLK-WRITE-ZEROES 00",
                      "BLK-DISCARD 00", "BLK-READ-ZEROES 00", "BLK-ZEROED OK", "BLK-UNSUPPORTED 02",
+                     "BLK-DISCARD-2SEG 01", "BLK-WRITE-ZEROES-2SEG 01", "BLK-MAX-WRITE-ZEROES 2048",
+                     "BLK-WRITE-ZEROES-BIG 01", "BLK-WRITE-ZEROES-MAX 00",
                      "BLK-RO-FEATURE 01", "BLK-RO-WRITE 01", "BLK-RO-READ 00", "BLK-DONE"] {
             XCTAssertTrue(r.stdout.contains(line + "\n"), "missing \(line) in:\n\(r.stdout)")
         }
@@ -89,6 +91,18 @@ final class VirtioProbeTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout.components(separatedBy: "VALID-WRITE 00\n").count, 3, r.stdout)
         XCTAssertTrue(r.stdout.contains("OTHER-DEVICE OK\n"), r.stdout)
+        XCTAssertEqual(r.stderr, "")
+    }
+
+    /// A balloon driver that enables only the two required queues and
+    /// notifies queues 2 and 3 (which it does not have): ignored, the
+    /// balloon and the VM's other device go on serving.
+    func testBalloonIgnoresNotifiesForQueuesNotEnabled() throws {
+        let r = try Harness.skiff(["run", "--kernel", Harness.probe("balloon-hostile"), "--balloon", "--rng"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        for line in ["BALLOON-INFLATE OK", "STATUS 0f", "OTHER-DEVICE OK", "BALLOON-DONE"] {
+            XCTAssertTrue(r.stdout.contains(line + "\n"), "missing \(line) in:\n\(r.stdout)")
+        }
         XCTAssertEqual(r.stderr, "")
     }
 }

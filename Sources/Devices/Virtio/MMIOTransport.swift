@@ -35,6 +35,9 @@ public final class MMIOTransport: BusDevice {
     /// What the device was activated with, while it is active.
     var context: VirtioContext? { activeContext.withLock { $0 } }
     let activeContext = Mutex<VirtioContext?>(nil)
+    /// Whether the device was started (and so has its thread), for the
+    /// fuzz targets that wait for it.
+    public var isActivated: Bool { context != nil }
 
     public init(device: any VirtioDevice, memory: GuestMemory, irq: EventFD, name: String) throws {
         self.device = device
@@ -129,7 +132,11 @@ public final class MMIOTransport: BusDevice {
             signals.needsReset.store(false, ordering: .sequentiallyConsistent)
             return
         }
-        var status = v & ~Status.needsReset
+        // A driver never clears a status bit (virtio 1.2, 3.1.1); only a
+        // reset does. Writes only add bits: once FEATURES_OK stands, the
+        // features it accepted (frozen by it, above) are the device's until
+        // the reset, and a running device cannot be talked out of them.
+        var status = (v | r.status) & ~Status.needsReset
         if status & Status.featuresOK != 0 && r.status & Status.featuresOK == 0 {
             // Only features we offered, and the modern interface, are accepted.
             let ok = r.driverFeatures & ~offeredFeatures == 0 && r.driverFeatures & VirtioFeature.version1 != 0

@@ -192,11 +192,20 @@ public final class VirtQueue: @unchecked Sendable {
     }
 
     /// A device write must never land in another buffer of the same chain
-    /// (it would change what the device reads next).
+    /// (it would change what the device reads next). In address order, a
+    /// buffer overlaps an earlier one exactly when it starts before the
+    /// furthest end seen so far: not only its neighbour's (R[A,4096]
+    /// R[A+16,16] W[A+2048,1] overlaps the first, not the second). So keep
+    /// that end for all earlier buffers and for the writable ones: a
+    /// writable buffer may overlap none, a readable one no writable one.
+    /// Ends cannot overflow: every buffer lies in guest RAM.
     func checkOverlaps(_ buffers: [VirtBuffer]) throws(QueueError) {
-        let sorted = buffers.sorted { $0.address < $1.address }
-        for (a, b) in zip(sorted, sorted.dropFirst()) where a.address + UInt64(a.length) > b.address && (a.writable || b.writable) {
-            throw .overlappingBuffers
+        var endAll: UInt64 = 0, endWritable: UInt64 = 0
+        for b in buffers.sorted(by: { $0.address < $1.address }) {
+            if b.address < (b.writable ? endAll : endWritable) { throw .overlappingBuffers }
+            let end = b.address + UInt64(b.length)
+            endAll = max(endAll, end)
+            if b.writable { endWritable = max(endWritable, end) }
         }
     }
 

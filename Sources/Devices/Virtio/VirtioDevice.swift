@@ -92,8 +92,10 @@ public final class VirtioSignals: Sendable {
 /// What an activated device works with.
 public struct VirtioContext: Sendable {
     public let memory: GuestMemory
+    /// The queues the driver enabled: a prefix of the device's.
     public let queues: [VirtQueue]
-    /// One per queue: signalled when the driver notifies that queue.
+    /// One per queue of the device, enabled or not: signalled when the
+    /// driver notifies that queue (so there may be more than `queues`).
     public let notifiers: [EventFD]
     public let signals: VirtioSignals
     public let features: UInt64
@@ -151,7 +153,12 @@ public final class QueueWorker: @unchecked Sendable {
                 for fd in ready {
                     if let q = notifierFDs.firstIndex(of: fd) {
                         context.notifiers[q].consume()
-                        guard !broken else { continue }
+                        // Every queue's notifier is watched (and drained, so
+                        // it cannot keep poll awake), but only the enabled
+                        // queues exist: a notify for another one (a driver
+                        // that enabled fewer, a restore signalling them all)
+                        // is ignored.
+                        guard !broken, q < context.queues.count else { continue }
                         do throws(QueueError) {
                             try handle(q, nil)
                             if let p = pollQueue, p == q {

@@ -53,7 +53,9 @@ public final class Balloon: VirtioDevice {
     public var snapshot: State { state.withLock { $0 } }
 
     public func readConfig(offset: Int, into data: UnsafeMutableRawBufferPointer) {
-        let target = UInt32(UInt64(options.targetMiB) << 20 / Self.pageSize)
+        // num_pages is 32 bits: a target past 16 TiB (an option or a
+        // snapshot's) is clamped, not trapped on.
+        let target = UInt32(clamping: UInt64(options.targetMiB) << 20 / Self.pageSize)
         let actual = state.withLock { $0.actualPages }
         var config = [UInt8](repeating: 0, count: 16)
         withUnsafeBytes(of: target.littleEndian) { for i in 0..<4 { config[i] = $0[i] } }
@@ -94,9 +96,11 @@ public final class Balloon: VirtioDevice {
                     var dropped: UInt64 = 0
                     for i in stride(from: 0, to: pfns.count - 3, by: 4) {
                         let pfn = UInt64(pfns[i]) | UInt64(pfns[i + 1]) << 8 | UInt64(pfns[i + 2]) << 16 | UInt64(pfns[i + 3]) << 24
-                        if discard(memory, pfn * Self.pageSize, Self.pageSize) { dropped += 1 }
+                        if discard(memory, pfn * Self.pageSize, Self.pageSize) { dropped += 1 } // a u32 PFN: < 2^44
                     }
-                    state.withLock { $0.inflatedPages += dropped }
+                    // The counters are for reports; they start from whatever a
+                    // snapshot said, so they wrap rather than trap.
+                    state.withLock { $0.inflatedPages &+= dropped }
                     queue.push(head: chain.head, written: 0)
                 case 1: // deflate: the pages come back on first touch
                     queue.push(head: chain.head, written: 0)
@@ -118,7 +122,7 @@ public final class Balloon: VirtioDevice {
                     for b in chain.buffers where discard(memory, b.address, UInt64(b.length)) {
                         dropped += UInt64(b.length) / Self.pageSize
                     }
-                    state.withLock { $0.reportedPages += dropped }
+                    state.withLock { $0.reportedPages &+= dropped }
                     queue.push(head: chain.head, written: 0)
                 default:
                     queue.push(head: chain.head, written: 0)

@@ -22,6 +22,11 @@ public final class Block: VirtioDevice {
     }
     public static let queueSize: UInt16 = 256
     static let maxDiscardSectors: UInt32 = 1 << 22
+    /// Where fallocate cannot zero a range, the zeroes are written by hand,
+    /// and reset and pause wait for the request: so a request zeroes at
+    /// most 1 MiB (what a write carries per segment). Linux splits larger
+    /// ranges into requests of this size.
+    static let maxWriteZeroesSectors: UInt32 = 2048
 
     public let type = VirtioDeviceType.block
     public let options: Options
@@ -48,8 +53,14 @@ public final class Block: VirtioDevice {
             close(fd)
             throw BlockError("disk \(options.path): not a regular file or block device")
         }
-        var size = UInt64(st.st_size)
-        if st.st_mode & S_IFMT == S_IFBLK { size = UInt64(lseek(fd, 0, SEEK_END)) }
+        // A block device's size is where its end is; lseek's -1 would
+        // otherwise become a huge disk (or a trap).
+        let end = st.st_mode & S_IFMT == S_IFBLK ? lseek(fd, 0, SEEK_END) : st.st_size
+        guard end >= 0 else {
+            let e = String(cString: strerror(errno)); close(fd)
+            throw BlockError("disk \(options.path): cannot find its size: \(e)")
+        }
+        let size = UInt64(end)
         self.fd = fd
         capacitySectors = size / BlockRequest.sectorSize
         if let id = options.id, id.utf8.count > BlockRequest.idLength {
@@ -65,7 +76,7 @@ public final class Block: VirtioDevice {
         put(Self.maxDiscardSectors, 0x24)              // max_discard_sectors
         put(UInt32(1), 0x28)                           // max_discard_seg
         put(UInt32(1), 0x2c)                           // discard_sector_alignment
-        put(Self.maxDiscardSectors, 0x30)              // max_write_zeroes_sectors
+        put(Self.maxWriteZeroesSectors, 0x30)          // max_write_zeroes_sectors
         put(UInt32(1), 0x34)                           // max_write_zeroes_seg
         c[0x38] = 1                                    // write_zeroes_may_unmap
         config = c
@@ -160,17 +171,20 @@ public final class Block: VirtioDevice {
             return .ok
         case .discard, .writeZeroes:
             guard !options.readOnly else { return .ioError }
-            let segments = BlockRequest.segments(readable.read(offset: BlockRequest.headerSize, count: Int(min(r.dataLength, 4096))))
-            guard !segments.isEmpty else { return .ioError }
-            for s in segments {
-                guard s.sector <= capacitySectors, UInt64(s.count) <= capacitySectors - s.sector,
-                      s.count <= Self.maxDiscardSectors else { return .ioError }
-                let start = off_t(s.sector * BlockRequest.sectorSize), length = off_t(UInt64(s.count) * BlockRequest.sectorSize)
-                let mode = kind == .discard || s.flags & 1 != 0 ? CKVM_FALLOC_PUNCH_HOLE | CKVM_FALLOC_KEEP_SIZE : CKVM_FALLOC_ZERO_RANGE
-                if ckvm_fallocate(fd, mode, start, length) != 0 {
-                    // Discard is advisory; write-zeroes must zero, by hand if need be.
-                    if kind == .writeZeroes && !writeZeroes(at: start, length: length) { return .ioError }
-                }
+            // Exactly one segment, as max_discard_seg and max_write_zeroes_seg
+            // say: more would let one request work through many (possibly
+            // overlapping) ranges while reset and pause wait.
+            guard r.dataLength == BlockRequest.segmentSize,
+                  let s = BlockRequest.segments(readable.read(offset: BlockRequest.headerSize, count: Int(BlockRequest.segmentSize))).first
+            else { return .ioError }
+            let limit = kind == .discard ? Self.maxDiscardSectors : Self.maxWriteZeroesSectors
+            guard s.sector <= capacitySectors, UInt64(s.count) <= capacitySectors - s.sector, s.count <= limit else { return .ioError }
+            let start = off_t(s.sector * BlockRequest.sectorSize), length = off_t(UInt64(s.count) * BlockRequest.sectorSize)
+            let mode = kind == .discard || s.flags & 1 != 0 ? CKVM_FALLOC_PUNCH_HOLE | CKVM_FALLOC_KEEP_SIZE : CKVM_FALLOC_ZERO_RANGE
+            if ckvm_fallocate(fd, mode, start, length) != 0 {
+                // Discard is advisory; write-zeroes must zero, by hand if
+                // need be (at most maxWriteZeroesSectors, checked above).
+                if kind == .writeZeroes && !writeZeroes(at: start, length: length) { return .ioError }
             }
             return .ok
         }
