@@ -8,7 +8,7 @@ let path = directory + "/disk.img"
 let image = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
 let harness: DeviceHarness = {
     precondition(image >= 0 && ftruncate(image, 1 << 20) == 0, "fuzz-device-blk: cannot make \(path)")
-    return DeviceHarness(device: try! Block(Block.Options(path: path)))
+    return DeviceHarness(device: try! Block(Block.Options(path: path), fd: try! Block.open(Block.Options(path: path))))
 }()
 
 @_cdecl("LLVMFuzzerTestOneInput")

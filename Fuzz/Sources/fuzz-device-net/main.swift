@@ -16,7 +16,9 @@ func setUp() -> (DeviceHarness, Int32)? {
         return nil
     }
     guard cfuzz_unshare_network() == 0 else { return skip("no network namespace of its own") }
-    guard let net = try? Net(Net.Options(tap: tapName, mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56])) else { return skip("no TAP") }
+    let netOptions = Net.Options(tap: tapName, mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56])
+    guard let tap = try? Net.openTap(netOptions) else { return skip("no TAP") }
+    let net = Net(netOptions, tap: tap.fd, interfaceName: tap.name)
     // Up, so frames sent to it reach the device's TAP fd.
     guard cfuzz_interface_up(tapName) == 0 else { return skip("cannot bring \(tapName) up") }
     let packet = cfuzz_packet_socket()

@@ -9,7 +9,7 @@ import SkiffCore
 
 let directory = DeviceHarness.scratchDirectory("fuzz-vsock")
 let socketPath = directory + "/v.sock"
-let harness = DeviceHarness(device: try! Vsock(Vsock.Options(cid: 3, socketPath: socketPath)))
+let harness = DeviceHarness(device: try! Vsock(Vsock.Options(cid: 3, socketPath: socketPath), listener: try! Vsock.listen(socketPath)))
 let hostListener = listenUnix(socketPath + "_1024")
 nonisolated(unsafe) var hostFDs: [Int32] = []
 
