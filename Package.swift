@@ -2,6 +2,7 @@
 // Skiff: a virtual machine monitor for Linux/KVM, written in Swift.
 // Layers (each depends only on those below it):
 //   skiff (CLI) -> VMM -> Devices -> Machine -> KVM -> CKVM
+//   SkiffControl (the control socket's protocol) under VMM and skiff.
 //   Appliance (guest images, the default kernel) beside them; HostTools
 //   (running host programs) under both.
 // The per-VM process (`skiff run`) links none of Foundation and is linked
@@ -19,9 +20,10 @@ let package = Package(
         .target(name: "Machine", dependencies: ["KVM", "CKVM"]),
         .target(name: "Devices", dependencies: ["Machine", "CKVM"]),
         .target(name: "HostTools"),
-        .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM", "HostTools"]),
+        .target(name: "SkiffControl"),
+        .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM", "HostTools", "SkiffControl"]),
         .target(name: "Appliance", dependencies: ["HostTools"]),
-        .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance", "HostTools"]),
+        .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance", "HostTools", "SkiffControl"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
         .testTarget(name: "ApplianceTests", dependencies: ["Appliance"]),
         .testTarget(name: "SkiffTests", dependencies: ["Appliance", "Machine"]),
@@ -37,4 +39,6 @@ if Context.environment["SKIFF_FUZZ"] != nil {
         package.targets.append(.executableTarget(name: name, dependencies: ["SkiffCore"], path: "Fuzz/Sources/\(name)",
                                                  swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
     }
+    package.targets.append(.executableTarget(name: "fuzz-control-request", dependencies: ["SkiffControl"], path: "Fuzz/Sources/fuzz-control-request",
+                                             swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
 }

@@ -1,25 +1,41 @@
-import Glibc
 import Devices
-import VMM
+import Glibc
+import SkiffControl
 
 /// `skiff pause|resume|status SOCKET` and `skiff snapshot SOCKET DIR
 /// [--diff]`: one request to a VM's control socket; its answer on stdout.
 enum ControlClient {
     static func main(_ args: ArraySlice<String>) -> Never {
         let words = Array(args)
-        let request: String
+        let request: ControlRequest
+        var directory: (fd: Int32, path: String, made: Bool)?
         switch (words.first, words.count) {
-        case ("snapshot", 3): request = "snapshot \(absolute(words[2]))"
-        case ("snapshot", 4) where words[3] == "--diff": request = "snapshot \(absolute(words[2])) diff"
-        case ("pause", 2), ("resume", 2), ("status", 2): request = words[0]
-        default: fail("usage: skiff pause|resume|status SOCKET, skiff snapshot SOCKET DIR [--diff]", status: 2)
+        case ("snapshot", 3), ("snapshot", 4):
+            guard words.count == 3 || words[3] == "--diff" else { usage() }
+            let path = absolute(words[2])
+            request = .snapshot(directory: path, diff: words.count == 4)
+            do throws(ControlProtocolError) { _ = try ControlRequest.parse(Array(request.line.dropLast())) } catch {
+                fail("\(words[2]): \(error.description.replacingPrefix("snapshot: ", with: ""))", status: 2)
+            }
+            directory = prepare(path, shown: words[2])
+        case ("pause", 2): request = .pause
+        case ("resume", 2): request = .resume
+        case ("status", 2): request = .status
+        default: usage()
         }
-        let answer = send(request, to: words[1])
-        if answer.hasPrefix("ok") {
-            print(String(answer.dropFirst(answer.count > 2 ? 3 : 2)))
+        let answer = send(request, passing: directory?.fd, to: words[1])
+        if case .ok(let text) = answer {
+            print(text)
             exit(0)
         }
-        fail(answer.hasPrefix("error ") ? String(answer.dropFirst(6)) : "unexpected answer: \(answer)", status: 1)
+        // A failed snapshot leaves no empty directory of ours behind.
+        if let directory, directory.made { rmdir(directory.path) }
+        if case .error(let text) = answer { fail(text, status: 1) }
+        fail("unexpected answer", status: 1)
+    }
+
+    static func usage() -> Never {
+        fail("usage: skiff pause|resume|status SOCKET, skiff snapshot SOCKET DIR [--diff]", status: 2)
     }
 
     /// The VM process has its own working directory: send it absolute paths.
@@ -30,23 +46,75 @@ enum ControlClient {
         return String(cString: cwd) + "/" + path
     }
 
-    static func send(_ request: String, to path: String) -> String {
+    /// Makes the snapshot directory (or takes an empty one) and opens it
+    /// for the VM, which gets the descriptor, not the path: it may not see
+    /// the path (a jailed VMM), and a descriptor cannot be redirected.
+    static func prepare(_ path: String, shown: String) -> (fd: Int32, path: String, made: Bool) {
+        var made = true
+        if mkdir(path, 0o700) != 0 {
+            let e = errno
+            switch e {
+            case EEXIST:
+                var st = stat()
+                guard lstat(path, &st) == 0 else { fail("\(shown): \(String(cString: strerror(errno)))", status: 2) }
+                guard st.st_mode & S_IFMT == S_IFDIR else {
+                    fail("\(shown): not a directory\(st.st_mode & S_IFMT == S_IFLNK ? " (a symbolic link)" : "")", status: 2)
+                }
+                made = false
+            case ENOENT: fail("\(shown): parent directory does not exist", status: 2)
+            default: fail("\(shown): \(String(cString: strerror(e)))", status: 2)
+            }
+        }
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { fail("\(shown): \(String(cString: strerror(errno)))", status: 2) }
+        if !made && !isEmpty(fd) { fail("\(shown): not empty (holds a snapshot?)", status: 2) }
+        return (fd, path, made)
+    }
+
+    static func isEmpty(_ fd: Int32) -> Bool {
+        guard let dir = fdopendir(dup(fd)) else { return false }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { return false }
+        }
+        return true
+    }
+
+    static func send(_ request: ControlRequest, passing descriptor: Int32?, to path: String) -> ControlReply {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { fail("socket: \(String(cString: strerror(errno)))", status: 1) }
         var address = sockaddr_un()
         guard unixAddress(path, &address) else { fail("\(path): path too long", status: 2) }
         let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
         guard connected == 0 else { fail("\(path): \(String(cString: strerror(errno))) (is a VM running with --control-socket \(path)?)", status: 2) }
-        var line = Array((request + "\n").utf8)
-        guard line.withUnsafeMutableBytes({ write(fd, $0.baseAddress, $0.count) }) == line.count else { fail("\(path): write failed", status: 1) }
+        // The whole line in one message, the descriptor with its first byte.
+        let line = request.line
+        var sent = UnixSocket.send(fd, line, passing: descriptor)
+        while sent >= 0 && sent < line.count {
+            let n = UnixSocket.send(fd, Array(line[sent...]), passing: nil)
+            guard n > 0 else { break }
+            sent += n
+        }
+        guard sent == line.count else { fail("\(path): sending the request: \(String(cString: strerror(errno)))", status: 1) }
         var answer: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 4096)
-        while !answer.contains(UInt8(ascii: "\n")) {
+        while !answer.contains(0x0a) && answer.count <= ControlReply.maxLine {
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
             guard n > 0 else { break }
             answer += buf.prefix(n)
         }
         close(fd)
-        return String(decoding: answer.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
+        guard let end = answer.firstIndex(of: 0x0a) else {
+            fail("\(path): the VM closed the connection without answering (is this user allowed to control it?)", status: 1)
+        }
+        do { return try ControlReply.parse(Array(answer[..<end])) } catch { fail("\(path): \(error.description)", status: 1) }
+    }
+}
+
+private extension String {
+    func replacingPrefix(_ prefix: String, with other: String) -> String {
+        hasPrefix(prefix) ? other + dropFirst(prefix.count) : self
     }
 }

@@ -74,8 +74,22 @@ public enum StateFile {
         return sections
     }
 
+    /// Writes a new state file `name` in the directory open at `directory`
+    /// (as MemoryFile.write does: exclusively, no symbolic link followed).
+    public static func write(_ sections: [(String, StateWriter)], into directory: Int32, name: String, describedAs label: String,
+                             created: () -> Void = {}) throws(SnapshotError) {
+        let fd = try createFile(in: directory, name, label: label)
+        created()
+        defer { close(fd) }
+        try writeAll(fd, encode(sections), label: label)
+    }
+
+    /// Writes a state file at `path` (tests and tools that rewrite snapshots).
     public static func write(_ sections: [(String, StateWriter)], to path: String) throws(SnapshotError) {
-        try writeFile(path, encode(sections))
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SnapshotError("\(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        try writeAll(fd, encode(sections), label: path)
     }
 
     public static func read(_ path: String) throws(SnapshotError) -> [String: StateReader] {
@@ -156,18 +170,28 @@ public struct StateReader: Sendable {
     }
 }
 
+/// A new snapshot file `name` in the directory open at `directory`: made
+/// by this call (O_EXCL) and not through a symbolic link (O_NOFOLLOW), so
+/// nothing planted in the directory is ever written to.
+func createFile(in directory: Int32, _ name: String, label: String) throws(SnapshotError) -> Int32 {
+    let fd = openat(directory, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+    guard fd >= 0 else {
+        let e = errno
+        throw SnapshotError(e == EEXIST || e == ELOOP ? "\(label): \(name) is in the way (left by an interrupted snapshot, or planted)"
+                                                      : "\(label): \(String(cString: strerror(e)))")
+    }
+    return fd
+}
+
 /// Whole-file I/O for snapshots, with errors that name the file.
-func writeFile(_ path: String, _ bytes: [UInt8]) throws(SnapshotError) {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-    guard fd >= 0 else { throw SnapshotError("\(path): \(String(cString: strerror(errno)))") }
-    defer { close(fd) }
+func writeAll(_ fd: Int32, _ bytes: [UInt8], label: String) throws(SnapshotError) {
     var done = 0
     while done < bytes.count {
         let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
-        guard n > 0 else { throw SnapshotError("\(path): \(String(cString: strerror(errno)))") }
+        guard n > 0 else { throw SnapshotError("\(label): \(String(cString: strerror(errno)))") }
         done += n
     }
-    guard fsync(fd) == 0 else { throw SnapshotError("\(path): fsync: \(String(cString: strerror(errno)))") }
+    guard fsync(fd) == 0 else { throw SnapshotError("\(label): fsync: \(String(cString: strerror(errno)))") }
 }
 
 func readFile(_ path: String, limit: Int) throws(SnapshotError) -> [UInt8] {

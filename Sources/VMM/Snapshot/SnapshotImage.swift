@@ -24,6 +24,12 @@ public struct SnapshotImage: Sendable {
     public static func load(_ directory: String, depth: Int = 0) throws(SnapshotError) -> SnapshotImage {
         guard depth < maxDepth else { throw SnapshotError("\(directory): chain of diff snapshots longer than \(maxDepth)") }
         let statePath = directory + "/" + stateName
+        var st = stat()
+        if lstat(statePath, &st) != 0 && errno == ENOENT {
+            var dir = stat()
+            guard stat(directory, &dir) == 0 else { throw SnapshotError("\(directory): \(String(cString: strerror(errno)))") }
+            throw SnapshotError("\(directory): not a snapshot (no state file)")
+        }
         let sections = try StateFile.read(statePath)
         var info = try section(sections, "snapshot", statePath)
         let id = try info.bytes(16)

@@ -43,29 +43,34 @@ extension VirtualMachine {
         pauseGate.resume()
     }
 
-    /// Writes a snapshot into `directory` (made if missing): the full
-    /// memory, or with `diff` only the pages written since the last
-    /// snapshot this process took or restored. A running VM is paused for
-    /// the time it takes and resumed after. Returns a one-line summary.
-    public func snapshot(to directory: String, diff: Bool) throws(ControlError) -> String {
+    /// Writes a snapshot into the directory open at `directoryFD` (the
+    /// requester made and opened it: the VMM may not see host paths;
+    /// `directory` names it in messages and in a diff snapshot's record of
+    /// its base): the full memory, or with `diff` only the pages written
+    /// since the last snapshot this process took or restored. A running VM
+    /// is paused for the time it takes and resumed after. Returns a
+    /// one-line summary.
+    public func snapshot(to directory: String, directoryFD: Int32, diff: Bool) throws(ControlError) -> String {
         let wasPaused = isPaused
         try pause()
         defer { if !wasPaused { try? resume() } }
         do {
-            return try writeSnapshot(to: directory, diff: diff)
+            return try writeSnapshot(to: directory, directoryFD: directoryFD, diff: diff)
         } catch {
             throw ControlError("\(error)")
         }
     }
 
-    private func writeSnapshot(to directory: String, diff: Bool) throws -> String {
+    private func writeSnapshot(to directory: String, directoryFD dir: Int32, diff: Bool) throws -> String {
         let parent = control.withLock { $0.lastSnapshot }
         if diff {
             guard memory.tracksDirtyPages else { throw ControlError("diff snapshots need a VM started with --track-dirty-pages") }
             guard parent != nil else { throw ControlError("a diff snapshot needs an earlier snapshot of this VM (take a full one first)") }
         }
-        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
-            throw SnapshotError("\(directory): \(String(cString: strerror(errno)))")
+        // Never over another snapshot (renameat would replace it silently).
+        var st = stat()
+        for name in [SnapshotImage.stateName, SnapshotImage.memoryName] where fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
+            throw SnapshotError("\(directory): not empty (holds a snapshot?)")
         }
         var id = [UInt8](repeating: 0, count: 16)
         _ = id.withUnsafeMutableBytes { getrandom($0.baseAddress, 16, 0) }
@@ -87,14 +92,20 @@ extension VirtualMachine {
         }
 
         // Memory first, the state file last: a snapshot is complete when
-        // its state file is there, and both are renamed into place.
-        let memoryPath = directory + "/" + SnapshotImage.memoryName
-        let pages = try MemoryFile.write(memory, to: memoryPath + ".new", id: id, dirty: diff ? dirty : nil)
+        // its state file is there, and both are renamed into place. Files
+        // are made relative to the directory's descriptor, exclusively and
+        // never through a symbolic link: whatever is planted in the
+        // directory is refused, not followed.
+        let memoryNew = SnapshotImage.memoryName + ".new", stateNew = SnapshotImage.stateName + ".new"
+        var made: [String] = []
+        defer { for name in made { unlinkat(dir, name, 0) } } // what a failure left behind
+        let pages = try MemoryFile.write(memory, into: dir, name: memoryNew, describedAs: "\(directory): memory file",
+                                         id: id, dirty: diff ? dirty : nil, created: { made.append(memoryNew) })
         var sections: [(String, StateWriter)] = []
         var info = StateWriter()
         info.bytes += id
-        info.string(diff ? parent!.directory : "")
-        info.bytes += diff ? parent!.id : [UInt8](repeating: 0, count: 16)
+        info.string(parent.map { diff ? $0.directory : "" } ?? "")
+        info.bytes += parent.map { diff ? $0.id : [UInt8](repeating: 0, count: 16) } ?? [UInt8](repeating: 0, count: 16)
         sections.append(("snapshot", info))
         var config = StateWriter()
         configuration.save(&config)
@@ -108,11 +119,16 @@ extension VirtualMachine {
         let msrIndices = try kvm.msrIndexList()
         for vcpu in vcpus { sections.append(("vcpu.\(vcpu.id)", try saveVcpuState(vcpu, msrIndices: msrIndices))) }
         sections.append(("devices", saveDeviceState()))
-        let statePath = directory + "/" + SnapshotImage.stateName
-        try StateFile.write(sections, to: statePath + ".new")
-        guard rename(memoryPath + ".new", memoryPath) == 0, rename(statePath + ".new", statePath) == 0 else {
-            throw SnapshotError("\(directory): rename: \(String(cString: strerror(errno)))")
+        try StateFile.write(sections, into: dir, name: stateNew, describedAs: "\(directory): state file", created: { made.append(stateNew) })
+        guard renameat(dir, memoryNew, dir, SnapshotImage.memoryName) == 0 else {
+            throw SnapshotError("\(directory): renaming the memory file: \(String(cString: strerror(errno)))")
         }
+        made = [SnapshotImage.memoryName, stateNew]
+        guard renameat(dir, stateNew, dir, SnapshotImage.stateName) == 0 else {
+            throw SnapshotError("\(directory): renaming the state file: \(String(cString: strerror(errno)))")
+        }
+        made = []
+        fsync(dir) // the renames, durable
         control.withLock { $0.lastSnapshot = (directory, id) }
         return "\(diff ? "diff" : "full") snapshot \(directory): \(pages) pages of memory, \(vcpus.count) vCPUs, \(virtio.count) virtio devices"
     }
