@@ -26,7 +26,7 @@ let package = Package(
         .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance", "HostTools", "SkiffControl"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
         .testTarget(name: "ApplianceTests", dependencies: ["Appliance"]),
-        .testTarget(name: "SkiffTests", dependencies: ["Appliance", "Machine"]),
+        .testTarget(name: "SkiffTests", dependencies: ["Appliance", "Machine", "SkiffControl"]),
     ]
 )
 

@@ -257,10 +257,7 @@ func launch(_ base: VMConfiguration, snapshot: SnapshotImage?, options: RunOptio
     if let device = getenv("SKIFF_KVM_DEVICE") { config.kvmPath = String(cString: device) }
     do {
         try config.validate(hostMemoryMiB: HostFiles.hostMemoryMiB())
-        let machine = try VirtualMachine(config, restoring: snapshot, consoleOutput: { byte in
-            var b = byte
-            _ = write(1, &b, 1)
-        })
+        let machine = try VirtualMachine(config, restoring: snapshot, consoleOutput: try ConsoleOutput.standardOutput().write)
         let reason = try machine.run(controlSocket: options.controlSocket, startPaused: options.paused)
         if reason.exitStatus != 0 || { if case .reset = reason { return false }; return true }() {
             fail(reason.description, status: reason.exitStatus)
