@@ -8,22 +8,24 @@ enum ControlClient {
     static func main(_ args: ArraySlice<String>) -> Never {
         let words = Array(args)
         let request: ControlRequest
-        var directory: (fd: Int32, path: String, made: Bool)?
         switch (words.first, words.count) {
         case ("snapshot", 3), ("snapshot", 4):
             guard words.count == 3 || words[3] == "--diff" else { usage() }
-            let path = absolute(words[2])
-            request = .snapshot(directory: path, diff: words.count == 4)
+            request = .snapshot(directory: absolute(words[2]), diff: words.count == 4)
             do throws(ControlProtocolError) { _ = try ControlRequest.parse(Array(request.line.dropLast())) } catch {
                 fail("\(words[2]): \(error.description.replacingPrefix("snapshot: ", with: ""))", status: 2)
             }
-            directory = prepare(path, shown: words[2])
         case ("pause", 2): request = .pause
         case ("resume", 2): request = .resume
         case ("status", 2): request = .status
         default: usage()
         }
-        let answer = send(request, passing: directory?.fd, to: words[1])
+        let socket = connect(words[1])
+        // The directory after the connection: a VM that is not there
+        // leaves no directory behind.
+        var directory: (fd: Int32, path: String, made: Bool)?
+        if case .snapshot(let path, _) = request { directory = prepare(path, shown: words[2]) }
+        let answer = send(request, passing: directory?.fd, on: socket, path: words[1])
         if case .ok(let text) = answer {
             print(text)
             exit(0)
@@ -81,13 +83,17 @@ enum ControlClient {
         return true
     }
 
-    static func send(_ request: ControlRequest, passing descriptor: Int32?, to path: String) -> ControlReply {
+    static func connect(_ path: String) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { fail("socket: \(String(cString: strerror(errno)))", status: 1) }
         var address = sockaddr_un()
         guard unixAddress(path, &address) else { fail("\(path): path too long", status: 2) }
-        let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
         guard connected == 0 else { fail("\(path): \(String(cString: strerror(errno))) (is a VM running with --control-socket \(path)?)", status: 2) }
+        return fd
+    }
+
+    static func send(_ request: ControlRequest, passing descriptor: Int32?, on fd: Int32, path: String) -> ControlReply {
         // The whole line in one message, the descriptor with its first byte.
         let line = request.line
         var sent = UnixSocket.send(fd, line, passing: descriptor)
