@@ -145,7 +145,7 @@ final class ControlSocketTests: XCTestCase {
         defer { close(c) }
         XCTAssertGreaterThan(SkiffControl.UnixSocket.send(c, ControlRequest.snapshot(directory: dir, diff: false).line, passing: dirfd), 0)
         let answer = Self.readLine(c, timeout: 30) ?? "(none)"
-        XCTAssertTrue(answer.hasPrefix("error \(dir): memory file: memory.new is in the way"), answer)
+        XCTAssertTrue(answer.hasPrefix("error \(dir): ") && answer.contains("memory.new is in the way"), answer)
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: sentinel)), original, "the symlink's target was written")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/state"))
     }

@@ -67,10 +67,16 @@ extension VirtualMachine {
             guard memory.tracksDirtyPages else { throw ControlError("diff snapshots need a VM started with --track-dirty-pages") }
             guard parent != nil else { throw ControlError("a diff snapshot needs an earlier snapshot of this VM (take a full one first)") }
         }
-        // Never over another snapshot (renameat would replace it silently).
+        // Never over another snapshot (renameat would replace it silently);
+        // files in the way are refused here too, before the dirty log is
+        // read (and cleared). Creating with O_EXCL|O_NOFOLLOW below still
+        // holds if one appears meanwhile.
         var st = stat()
         for name in [SnapshotImage.stateName, SnapshotImage.memoryName] where fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
             throw SnapshotError("\(directory): not empty (holds a snapshot?)")
+        }
+        for name in [SnapshotImage.memoryName + ".new", SnapshotImage.stateName + ".new"] where fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
+            throw SnapshotError("\(directory): \(name) is in the way (left by an interrupted snapshot, or planted)")
         }
         var id = [UInt8](repeating: 0, count: 16)
         _ = id.withUnsafeMutableBytes { getrandom($0.baseAddress, 16, 0) }
