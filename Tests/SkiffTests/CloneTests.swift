@@ -39,9 +39,14 @@ final class CloneTests: XCTestCase {
     func testSignalToCloneStopsItsClones() throws {
         for sig in [SIGTERM, SIGINT] {
             let clone = try Session(Harness.skiff, ["clone", Self.snap, "-n", "2"])
-            XCTAssertTrue(clone.waitFor("C00 00000040", timeout: 20), clone.stdout.suffix(200) + clone.stderr)
+            // The snapshot's count is anywhere: wait for both clones, then for them to count on.
+            XCTAssertTrue(clone.waitFor("clone 1 pid ", timeout: 20), clone.stdout.suffix(200) + clone.stderr)
             let pids = clone.stdout.split(separator: "\n").filter { $0.hasPrefix("clone ") }.compactMap { Int32($0.split(separator: " ").last ?? "") }
             XCTAssertEqual(pids.count, 2, clone.stdout.prefix(300) + "")
+            let started = clone.stdout.count
+            let deadline = Date().addingTimeInterval(20)
+            while clone.stdout.count < started + 1000 && Date() < deadline { usleep(20_000) }
+            for pid in pids { XCTAssertEqual(kill(pid, 0), 0, "clone \(pid) is not running: \(clone.stderr)") }
             clone.signal(sig)
             let r = clone.wait(timeout: 10)
             XCTAssertFalse(r.signaled, "skiff clone died of the signal: \(r.stderr)")
