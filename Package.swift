@@ -2,6 +2,7 @@
 // Skiff: a virtual machine monitor for Linux/KVM, written in Swift.
 // Layers (each depends only on those below it):
 //   skiff (CLI) -> VMM -> Devices -> Machine -> KVM -> CKVM
+//   SkiffControl (the control socket's protocol) under VMM and skiff.
 //   Appliance (guest images, the default kernel) beside them; HostTools
 //   (running host programs) under both.
 // The per-VM process (`skiff run`) links none of Foundation and is linked
@@ -26,12 +27,13 @@ let package = Package(
         // The jailer: namespaces, an empty root, no privileges, a cgroup.
         .target(name: "CJail"),
         .target(name: "Jail", dependencies: ["CJail"]),
-        .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM", "HostTools", "CCrypto"]),
+        .target(name: "SkiffControl"),
+        .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM", "HostTools", "CCrypto", "SkiffControl"]),
         .target(name: "Appliance", dependencies: ["HostTools"]),
-        .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance", "HostTools", "Jail"]),
+        .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance", "HostTools", "Jail", "SkiffControl"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
         .testTarget(name: "ApplianceTests", dependencies: ["Appliance"]),
-        .testTarget(name: "SkiffTests", dependencies: ["Appliance", "Machine"]),
+        .testTarget(name: "SkiffTests", dependencies: ["Appliance", "Machine", "SkiffControl"]),
     ]
 )
 
@@ -46,4 +48,6 @@ if Context.environment["SKIFF_FUZZ"] != nil {
         package.targets.append(.executableTarget(name: name, dependencies: ["SkiffCore"], path: "Fuzz/Sources/\(name)",
                                                  swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
     }
+    package.targets.append(.executableTarget(name: "fuzz-control-request", dependencies: ["SkiffControl"], path: "Fuzz/Sources/fuzz-control-request",
+                                             swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
 }

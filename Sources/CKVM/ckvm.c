@@ -8,9 +8,6 @@
 #include <linux/if_tun.h>
 #include <sys/ioctl.h>
 #include <stdlib.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
-#include <unistd.h>
 
 static void ckvm_kick(int signo) { (void)signo; }
 
@@ -115,39 +112,3 @@ uint32_t ckvm_crc32c(uint32_t crc, const void *data, size_t length) {
     return __builtin_cpu_supports("sse4.2") ? crc32c_sse42(crc, data, length) : crc32c_soft(crc, data, length);
 }
 
-long ckvm_send_with_fds(int socket, const void *bytes, unsigned long length, const int *fds, int count) {
-    if (count < 0 || count > 8) { errno = EINVAL; return -1; }
-    struct iovec iov = { (void *)bytes, length };
-    union { struct cmsghdr align; char buffer[CMSG_SPACE(8 * sizeof(int))]; } control;
-    memset(&control, 0, sizeof control);
-    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (count > 0) {
-        msg.msg_control = control.buffer;
-        msg.msg_controllen = CMSG_SPACE(count * sizeof(int));
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(count * sizeof(int));
-        memcpy(CMSG_DATA(c), fds, count * sizeof(int));
-    }
-    return sendmsg(socket, &msg, MSG_NOSIGNAL);
-}
-
-long ckvm_recv_with_fds(int socket, void *bytes, unsigned long length, int *fds, int capacity, int *count) {
-    struct iovec iov = { bytes, length };
-    union { struct cmsghdr align; char buffer[CMSG_SPACE(16 * sizeof(int))]; } control;
-    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buffer, .msg_controllen = sizeof control.buffer };
-    *count = 0;
-    long n = recvmsg(socket, &msg, MSG_CMSG_CLOEXEC);
-    if (n < 0) return n;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        int got = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        int *received = (int *)CMSG_DATA(c);
-        for (int i = 0; i < got; i++) {
-            if (*count < capacity && !(msg.msg_flags & MSG_CTRUNC)) fds[(*count)++] = received[i];
-            else close(received[i]);
-        }
-    }
-    return n;
-}

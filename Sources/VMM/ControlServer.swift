@@ -1,40 +1,40 @@
-import CKVM
 import Devices
 import Glibc
 import Machine
+import SkiffControl
 
 /// The VM process's control socket: a Unix stream socket taking one
-/// request per line and answering each with one line, `ok ...` or
-/// `error ...`. Requests:
+/// request per line and answering each with one line (the grammar is
+/// SkiffControl's). Only root and `allowedUID` may talk to it; other peers
+/// are closed unanswered.
 ///
-///     status                 -> ok running | ok paused
-///     pause | resume         -> ok paused | ok running
-///     snapshot DIR [diff]    -> ok full|diff snapshot DIR: ... (DIR absolute)
-///     stop                   -> ok stopping
-///
-/// Requests are served one at a time on the server's own thread. Bad input
-/// (an unknown word, an overlong line) gets an error line and changes nothing.
+/// Several clients are served from one poll loop on the server's own
+/// thread, every socket non-blocking: a client that sends without reading
+/// fills its bounded output buffer and is dropped, one that says nothing
+/// is dropped after a while, so none can hold up the others or the VM's
+/// shutdown. Bad input gets an error line and changes nothing.
 final class ControlServer: @unchecked Sendable {
-    static let maxLine = 4096
-    static let idleTimeoutMs: Int32 = 30_000
+    static let maxClients = 8
+    static let idleTimeoutMs: Int64 = 30_000
+    /// Replies not yet read by their client, at most: then it is dropped.
+    static let maxOutput = 64 << 10
+
     private let listener: Int32
     private let stop: EventFD
     private var thread: HostThread?
 
-    /// Serves `listener` (bound by `listen`, by whoever has the privilege).
-    init(listener: Int32, machine: VirtualMachine) throws {
+    /// Serves a listening socket bound by whoever had the privilege to
+    /// (`bindListener`, in the launcher, which also removes the file at
+    /// the end): for root and `allowedUID`, the launcher's user.
+    init(listener: Int32, machine: VirtualMachine, allowedUID: UInt32) throws {
         self.listener = listener
+        let flags = fcntl(listener, F_GETFL)
+        guard flags >= 0, fcntl(listener, F_SETFL, flags | O_NONBLOCK) == 0 else { throw ConfigurationError("control socket: \(String(cString: strerror(errno)))") }
         stop = try EventFD()
-        let listener = listener, stop = stop
+        let stop = stop
         thread = try HostThread(name: "control") { [weak machine] in
-            while true {
-                let ready = Poller.wait([stop.fd, listener])
-                if ready.contains(stop.fd) { return }
-                let client = accept(listener, nil, nil)
-                guard client >= 0, let machine else { continue }
-                Self.serve(client, machine: machine, stop: stop)
-                close(client)
-            }
+            var loop = ServeLoop(listener: listener, stop: stop, allowedUID: allowedUID)
+            loop.run { machine }
         }
     }
 
@@ -45,97 +45,188 @@ final class ControlServer: @unchecked Sendable {
         close(listener)
     }
 
-    static func listen(_ path: String) throws -> Int32 {
+    /// A listening socket at `path`, mode 0600 whatever the umask. A socket
+    /// some process still listens on is refused (another VM's); a stale one
+    /// (nobody listening) is replaced; anything else there is refused.
+    static func bindListener(path: String) throws -> Int32 {
+        func failure(_ what: String) -> ConfigurationError { ConfigurationError("control socket \(path): \(what)") }
+        var address = sockaddr_un()
+        guard unixAddress(path, &address) else { throw failure("path too long") }
+        let size = socklen_t(MemoryLayout<sockaddr_un>.size)
         var st = stat()
         if lstat(path, &st) == 0 {
-            guard st.st_mode & S_IFMT == S_IFSOCK else { throw ConfigurationError("--control-socket \(path): exists and is not a socket") }
+            guard st.st_mode & S_IFMT == S_IFSOCK else { throw failure("exists and is not a socket") }
+            let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard probe >= 0 else { throw failure(String(cString: strerror(errno))) }
+            let r = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, size) } }
+            let e = errno
+            close(probe)
+            if r == 0 { throw failure("in use by another VM") }
+            guard e == ECONNREFUSED else { throw failure(String(cString: strerror(e))) }
             unlink(path)
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw ConfigurationError("--control-socket \(path): \(String(cString: strerror(errno)))") }
-        var address = sockaddr_un()
-        guard unixAddress(path, &address) else { close(fd); throw ConfigurationError("--control-socket \(path): path too long") }
-        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard bound == 0, Glibc.listen(fd, 16) == 0 else {
-            let e = String(cString: strerror(errno)); close(fd)
-            throw ConfigurationError("--control-socket \(path): \(e)")
+        guard fd >= 0 else { throw failure(String(cString: strerror(errno))) }
+        // chmod between bind and listen: until listen nobody can connect,
+        // so the umask's mode is never usable.
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, size) } }
+        guard bound == 0 else {
+            let e = errno; close(fd)
+            throw failure(e == EADDRINUSE ? "in use by another VM" : String(cString: strerror(e)))
+        }
+        guard chmod(path, 0o600) == 0, listen(fd, 16) == 0 else {
+            let e = String(cString: strerror(errno)); close(fd); unlink(path)
+            throw failure(e)
         }
         return fd
     }
+}
 
-    /// Reads request lines from one client until it hangs up. Descriptors
-    /// sent with a request (a snapshot's files) go with the line they came in.
-    static func serve(_ client: Int32, machine: VirtualMachine, stop: EventFD) {
-        var pending: [UInt8] = []
-        var files: [Int32] = []
-        defer { files.forEach { _ = close($0) } }
-        var buffer = [UInt8](repeating: 0, count: 1024)
+/// One control connection's buffers.
+private struct Connection {
+    let fd: Int32
+    var input: [UInt8] = []
+    var output: [UInt8] = []
+    /// Files passed with snapshot requests (SCM_RIGHTS), oldest first.
+    var descriptors: [Int32] = []
+    var lastActive: Int64
+    /// Answered something final (an overlong line): closed once flushed.
+    var closing = false
+}
+
+private struct ServeLoop {
+    let listener: Int32
+    let stop: EventFD
+    let allowedUID: UInt32
+    var clients: [Connection] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+
+    init(listener: Int32, stop: EventFD, allowedUID: UInt32) {
+        self.listener = listener; self.stop = stop; self.allowedUID = allowedUID
+    }
+
+    static func now() -> Int64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return Int64(t.tv_sec) * 1000 + Int64(t.tv_nsec) / 1_000_000
+    }
+
+    mutating func run(_ machine: () -> VirtualMachine?) {
+        defer { for c in clients { drop(c) }; clients = [] }
         while true {
-            // A client that says nothing for a while is let go: requests
-            // are served one at a time, and it would hold up the others.
-            let ready = Poller.wait([stop.fd, client], timeoutMs: idleTimeoutMs)
-            if ready.isEmpty || ready.contains(stop.fd) { return }
-            var received = [Int32](repeating: -1, count: SnapshotFiles.count)
-            var count: Int32 = 0
-            let n = buffer.withUnsafeMutableBytes { b in
-                ckvm_recv_with_fds(client, b.baseAddress, UInt(b.count), &received, Int32(received.count), &count)
+            var fds = [pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0), pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
+            for c in clients {
+                fds.append(pollfd(fd: c.fd, events: Int16(c.closing ? 0 : POLLIN) | Int16(c.output.isEmpty ? 0 : POLLOUT), revents: 0))
             }
-            files += received.prefix(Int(count))
-            guard n > 0 else { return }
-            pending += buffer.prefix(n)
-            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = Array(pending[..<newline])
-                pending.removeSubrange(...newline)
-                let answer = handle(line, machine, files: files)
-                files.forEach { _ = close($0) }
-                files = []
-                guard reply(client, answer) else { return }
-            }
-            if pending.count > maxLine {
-                _ = reply(client, "error request longer than \(maxLine) bytes")
-                return
-            }
-        }
-    }
+            let now = Self.now()
+            let nextIdle = clients.map { $0.lastActive + ControlServer.idleTimeoutMs - now }.min()
+            let timeout = nextIdle.map { Int32(clamping: max(0, $0)) } ?? -1
+            guard poll(&fds, nfds_t(fds.count), timeout) >= 0 || errno == EINTR else { return }
+            if fds[0].revents != 0 { return }
+            guard let machine = machine() else { return }
 
-    static func handle(_ line: [UInt8], _ machine: VirtualMachine, files: [Int32]) -> String {
-        let words = line.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: true).map { String(decoding: $0, as: UTF8.self) }
-        do throws(ControlError) {
-            switch words.first {
-            case "status" where words.count == 1:
-                return "ok \(machine.isPaused ? "paused" : "running")"
-            case "pause" where words.count == 1:
-                try machine.pause()
-                return "ok paused"
-            case "resume" where words.count == 1:
-                try machine.resume()
-                return "ok running"
-            case "snapshot" where words.count == 2 || (words.count == 3 && words[2] == "diff"):
-                guard words[1].utf8.first == UInt8(ascii: "/") else { return "error snapshot: the directory must be an absolute path" }
-                guard files.count == SnapshotFiles.count else {
-                    return "error snapshot: the request must carry the snapshot's \(SnapshotFiles.count) files (skiff snapshot opens them)"
+            var kept: [Connection] = []
+            for (i, var c) in clients.enumerated() {
+                let events = fds[i + 2].revents
+                if events & Int16(POLLIN | POLLHUP | POLLERR) != 0 && !c.closing {
+                    guard read(&c, machine) else { drop(c); continue }
+                } else if events & Int16(POLLHUP | POLLERR) != 0 {
+                    drop(c); continue
                 }
-                let target = SnapshotFiles(memory: files[0], state: files[1], seal: files[2])
-                return "ok " + (try machine.snapshot(to: words[1], files: target, diff: words.count == 3))
-            case "stop" where words.count == 1:
-                machine.stop(.signal(SIGTERM))
-                return "ok stopping"
-            default:
-                return "error unknown request (status, pause, resume, snapshot DIR [diff], stop)"
+                guard flush(&c), !(c.closing && c.output.isEmpty), Self.now() - c.lastActive < ControlServer.idleTimeoutMs else {
+                    drop(c); continue
+                }
+                kept.append(c)
             }
-        } catch {
-            return "error \(error.description)"
+            clients = kept
+            if fds[1].revents & Int16(POLLIN) != 0 { accept() }
         }
     }
 
-    static func reply(_ client: Int32, _ text: String) -> Bool {
-        var bytes = Array((text + "\n").utf8)
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { write(client, $0.baseAddress! + done, $0.count - done) }
-            guard n > 0 else { return false }
-            done += n
+    /// Takes every waiting connection: peers other than root and the
+    /// allowed uid are closed unanswered, those beyond the cap told so.
+    mutating func accept() {
+        while true {
+            let fd = UnixSocket.acceptNonBlocking(listener)
+            guard fd >= 0 else { return }
+            guard let uid = UnixSocket.peerUID(fd), uid == 0 || uid == allowedUID else { close(fd); continue }
+            guard clients.count < ControlServer.maxClients else {
+                _ = UnixSocket.send(fd, ControlReply.error("too many control clients (\(ControlServer.maxClients))").line, passing: [])
+                close(fd)
+                continue
+            }
+            clients.append(Connection(fd: fd, lastActive: Self.now()))
+        }
+    }
+
+    /// Reads what the client sent and answers each complete line; false
+    /// when the client is gone or must go.
+    mutating func read(_ c: inout Connection, _ machine: VirtualMachine) -> Bool {
+        let n = UnixSocket.receive(c.fd, into: &buffer, descriptors: &c.descriptors)
+        if n < 0 { return errno == EAGAIN || errno == EINTR }
+        if n == 0 { return false }
+        c.lastActive = Self.now()
+        c.input += buffer.prefix(n)
+        var start = 0
+        while let newline = c.input[start...].firstIndex(of: 0x0a) {
+            let line = Array(c.input[start..<newline])
+            start = newline + 1
+            c.output += reply(to: line, &c, machine).line
+            guard c.output.count <= ControlServer.maxOutput else { return false } // it does not read its answers
+        }
+        c.input.removeFirst(start)
+        if c.input.count > ControlRequest.maxLine {
+            c.output += ControlReply.error("request longer than \(ControlRequest.maxLine) bytes").line
+            c.input = []
+            c.closing = true
         }
         return true
+    }
+
+    func reply(to line: [UInt8], _ c: inout Connection, _ machine: VirtualMachine) -> ControlReply {
+        do {
+            switch try ControlRequest.parse(line) {
+            case .status: return .ok(machine.isPaused ? "paused" : "running")
+            case .pause: try machine.pause(); return .ok("paused")
+            case .resume: try machine.resume(); return .ok("running")
+            case .stop: machine.stop(.signal(SIGTERM)); return .ok("stopping")
+            case .snapshot(let directory, let diff):
+                // The files the client made for it (the VMM opens no path).
+                let n = SnapshotFiles.count
+                guard c.descriptors.count >= n else {
+                    return .error("snapshot \(directory): its \(n) files did not come with the request (use skiff snapshot)")
+                }
+                let fds = Array(c.descriptors.prefix(n))
+                c.descriptors.removeFirst(n)
+                defer { fds.forEach { _ = close($0) } }
+                for fd in fds {
+                    var st = stat()
+                    guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size == 0 else {
+                        return .error("snapshot \(directory): the files sent are not new empty files")
+                    }
+                }
+                return .ok(try machine.snapshot(to: directory, files: SnapshotFiles(memory: fds[0], state: fds[1], seal: fds[2]), diff: diff))
+            }
+        } catch let e as ControlProtocolError {
+            return .error(e.description)
+        } catch {
+            return .error("\(error)")
+        }
+    }
+
+    /// Writes what it can without blocking; false on a broken connection.
+    func flush(_ c: inout Connection) -> Bool {
+        while !c.output.isEmpty {
+            let n = c.output.withUnsafeBytes { send(c.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }
+            if n < 0 { return errno == EAGAIN || errno == EINTR }
+            c.output.removeFirst(n)
+            c.lastActive = Self.now()
+        }
+        return true
+    }
+
+    func drop(_ c: Connection) {
+        close(c.fd)
+        for d in c.descriptors { close(d) }
     }
 }

@@ -17,6 +17,8 @@ public final class HostResources: @unchecked Sendable {
     public let taps: [(fd: Int32, name: String)]
     public let vsockListener: Int32?
     public let controlListener: Int32?
+    /// Who may use the control socket besides root: the launcher's user.
+    public let controlOwner = getuid()
     /// Socket files bound here (with their device and inode), removed when
     /// the VM is gone: only if still the ones bound, not one another
     /// process has put there since.
@@ -67,7 +69,7 @@ public final class HostResources: @unchecked Sendable {
         }
         var controlListener: Int32?
         if let path = controlSocket {
-            let fd = try ControlServer.listen(path)
+            let fd = try ControlServer.bindListener(path: path)
             opened.append(fd)
             bound.append(path)
             controlListener = fd

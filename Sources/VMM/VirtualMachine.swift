@@ -38,8 +38,9 @@ public final class VirtualMachine: @unchecked Sendable {
     /// only its sigwait sees them.
     static let controlSignals: [Int32] = [SIGTERM, SIGINT, SIGHUP, SIGUSR2, SIGQUIT]
 
-    /// The control socket's listener, if the VM has one.
+    /// The control socket's listener, if the VM has one, and its owner.
     let controlListener: Int32?
+    let controlOwner: UInt32
 
     /// Builds a VM that boots `config`'s kernel, or, with `snapshot`, the
     /// VM the snapshot saved, in the state it saved, on the host resources
@@ -50,6 +51,7 @@ public final class VirtualMachine: @unchecked Sendable {
         let memoryBytes = config.memoryMiB << 20
         let kernel = resources.kernel, initrd = resources.initrd
         controlListener = resources.controlListener
+        controlOwner = resources.controlOwner
 
         kvm = try KVMSystem(fd: resources.kvm, path: config.kvmPath)
         guard config.cpus <= kvm.maxVcpus else {
@@ -150,7 +152,7 @@ public final class VirtualMachine: @unchecked Sendable {
         let loops = vcpus.map { VcpuLoop(vcpu: $0, io: io, mmio: mmio, stopping: stopping, pauseGate: pauseGate,
                                          onStop: { [unowned self] in self.stop($0) }) }
         let controlServer: ControlServer?
-        do { controlServer = try controlListener.map { try ControlServer(listener: $0, machine: self) } } catch {
+        do { controlServer = try controlListener.map { try ControlServer(listener: $0, machine: self, allowedUID: controlOwner) } } catch {
             for transport in virtio { transport.device.reset() }
             throw error
         }

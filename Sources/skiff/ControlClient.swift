@@ -1,6 +1,6 @@
-import CKVM
 import Devices
 import Glibc
+import SkiffControl
 import VMM
 
 /// `skiff pause|resume|status SOCKET` and `skiff snapshot SOCKET DIR
@@ -8,20 +8,37 @@ import VMM
 enum ControlClient {
     static func main(_ args: ArraySlice<String>) -> Never {
         let words = Array(args)
-        let request: String
+        let request: ControlRequest
         switch (words.first, words.count) {
-        case ("snapshot", 3): request = "snapshot \(absolute(words[2]))"
-        case ("snapshot", 4) where words[3] == "--diff": request = "snapshot \(absolute(words[2])) diff"
-        case ("pause", 2), ("resume", 2), ("status", 2): request = words[0]
-        default: fail("usage: skiff pause|resume|status SOCKET, skiff snapshot SOCKET DIR [--diff]", status: 2)
+        case ("snapshot", 3), ("snapshot", 4):
+            guard words.count == 3 || words[3] == "--diff" else { usage() }
+            request = .snapshot(directory: absolute(words[2]), diff: words.count == 4)
+            do throws(ControlProtocolError) { _ = try ControlRequest.parse(Array(request.line.dropLast())) } catch {
+                fail("\(words[2]): \(error.description.replacingPrefix("snapshot: ", with: ""))", status: 2)
+            }
+        case ("pause", 2): request = .pause
+        case ("resume", 2): request = .resume
+        case ("status", 2): request = .status
+        default: usage()
         }
-        if words[0] == "snapshot" { snapshot(request, directory: words[2], socket: words[1]) }
-        let answer = send(request, to: words[1])
-        if answer.hasPrefix("ok") {
-            print(String(answer.dropFirst(answer.count > 2 ? 3 : 2)))
+        let socket = connect(words[1])
+        // The directory after the connection: a VM that is not there
+        // leaves no directory behind.
+        var target: SnapshotTarget?
+        if case .snapshot(let path, _) = request { target = SnapshotTarget(path, shown: words[2]) }
+        let answer = send(request, passing: target?.files ?? [], on: socket, path: words[1])
+        if case .ok(let text) = answer {
+            target?.complete(shown: words[2])
+            print(text)
             exit(0)
         }
-        fail(answer.hasPrefix("error ") ? String(answer.dropFirst(6)) : "unexpected answer: \(answer)", status: 1)
+        target?.abandon() // a failed snapshot leaves nothing of ours behind
+        if case .error(let text) = answer { fail(text, status: 1) }
+        fail("unexpected answer", status: 1)
+    }
+
+    static func usage() -> Never {
+        fail("usage: skiff pause|resume|status SOCKET, skiff snapshot SOCKET DIR [--diff]", status: 2)
     }
 
     /// The VM process has its own working directory: send it absolute paths.
@@ -32,82 +49,125 @@ enum ControlClient {
         return String(cString: cwd) + "/" + path
     }
 
-    /// `skiff snapshot`: this process makes the directory and its files (so
-    /// its permissions, not the VMM's, decide where a snapshot may go, and
-    /// nothing planted there is followed), the VMM writes into them, and
-    /// they are moved into place here, the state file last.
-    static func snapshot(_ request: String, directory: String, socket: String) -> Never {
-        let made = mkdir(directory, 0o700) == 0
-        if !made {
+    /// Makes the snapshot directory (or takes an empty one) and opens it.
+    static func prepare(_ path: String, shown: String) -> (fd: Int32, path: String, made: Bool) {
+        var made = true
+        if mkdir(path, 0o700) != 0 {
             let e = errno
             switch e {
-            case ENOENT: fail("\(directory): its parent directory does not exist", status: 2)
-            case ENOTDIR: fail("\(directory): a parent is not a directory", status: 2)
-            case EEXIST: break
-            default: fail("\(directory): \(String(cString: strerror(e)))", status: 2)
+            case EEXIST:
+                var st = stat()
+                guard lstat(path, &st) == 0 else { fail("\(shown): \(String(cString: strerror(errno)))", status: 2) }
+                guard st.st_mode & S_IFMT == S_IFDIR else {
+                    fail("\(shown): not a directory\(st.st_mode & S_IFMT == S_IFLNK ? " (a symbolic link)" : "")", status: 2)
+                }
+                made = false
+            case ENOENT: fail("\(shown): parent directory does not exist", status: 2)
+            default: fail("\(shown): \(String(cString: strerror(e)))", status: 2)
             }
         }
-        let dir = open(directory, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard dir >= 0 else {
-            fail("\(directory): \(errno == ENOTDIR || errno == ELOOP ? "not a directory" : String(cString: strerror(errno)))", status: 2)
-        }
-        if !made && !isEmpty(directory: dir) { fail("\(directory): not empty (holds a snapshot?); give a new or empty directory", status: 2) }
-        var files: [Int32] = []
-        func abandon() {
-            for name in SnapshotFiles.names { unlinkat(dir, name + ".new", 0) }
-            if made { rmdir(directory) }
-        }
-        for name in SnapshotFiles.names {
-            let fd = openat(dir, name + ".new", O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-            guard fd >= 0 else { let e = errno; abandon(); fail("\(directory)/\(name).new: \(String(cString: strerror(e)))", status: 2) }
-            files.append(fd)
-        }
-        let answer = send(request, to: socket, files: files)
-        var st = stat()
-        let sealed = fstat(files[2], &st) == 0 && st.st_size > 0
-        files.forEach { _ = close($0) }
-        guard answer.hasPrefix("ok") else {
-            abandon()
-            fail(answer.hasPrefix("error ") ? String(answer.dropFirst(6)) : "unexpected answer: \(answer)", status: 1)
-        }
-        if !sealed { unlinkat(dir, SnapshotFiles.names[2] + ".new", 0) }
-        for name in [SnapshotImage.memoryName] + (sealed ? [SnapshotSeal.fileName] : []) + [SnapshotImage.stateName] {
-            guard renameat(dir, name + ".new", dir, name) == 0 else { fail("\(directory)/\(name): \(String(cString: strerror(errno)))", status: 1) }
-        }
-        fsync(dir)
-        print(String(answer.dropFirst(answer.count > 2 ? 3 : 2)))
-        exit(0)
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { fail("\(shown): \(String(cString: strerror(errno)))", status: 2) }
+        if !made && !isEmpty(fd) { fail("\(shown): not empty (holds a snapshot?)", status: 2) }
+        return (fd, path, made)
     }
 
-    static func isEmpty(directory fd: Int32) -> Bool {
-        let copy = dup(fd)
-        guard copy >= 0, let d = fdopendir(copy) else { return false }
-        defer { closedir(d) }
-        while let entry = readdir(d) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { Array($0.prefix { $0 != 0 }) }
-            if name != [UInt8(ascii: ".")] && name != [UInt8(ascii: "."), UInt8(ascii: ".")] { return false }
+    static func isEmpty(_ fd: Int32) -> Bool {
+        guard let dir = fdopendir(dup(fd)) else { return false }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { return false }
         }
         return true
     }
 
-    static func send(_ request: String, to path: String, files: [Int32] = []) -> String {
+    static func connect(_ path: String) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { fail("socket: \(String(cString: strerror(errno)))", status: 1) }
         var address = sockaddr_un()
         guard unixAddress(path, &address) else { fail("\(path): path too long", status: 2) }
-        let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
         guard connected == 0 else { fail("\(path): \(String(cString: strerror(errno))) (is a VM running with --control-socket \(path)?)", status: 2) }
-        let line = Array((request + "\n").utf8)
-        let sent = line.withUnsafeBytes { b in files.withUnsafeBufferPointer { ckvm_send_with_fds(fd, b.baseAddress, UInt(b.count), $0.baseAddress, Int32($0.count)) } }
-        guard sent == line.count else { fail("\(path): write failed", status: 1) }
+        return fd
+    }
+
+    static func send(_ request: ControlRequest, passing descriptors: [Int32], on fd: Int32, path: String) -> ControlReply {
+        // The whole line in one message, the descriptors with its first byte.
+        let line = request.line
+        var sent = UnixSocket.send(fd, line, passing: descriptors)
+        while sent >= 0 && sent < line.count {
+            let n = UnixSocket.send(fd, Array(line[sent...]), passing: [])
+            guard n > 0 else { break }
+            sent += n
+        }
+        guard sent == line.count else { fail("\(path): sending the request: \(String(cString: strerror(errno)))", status: 1) }
         var answer: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 4096)
-        while !answer.contains(UInt8(ascii: "\n")) {
+        while !answer.contains(0x0a) && answer.count <= ControlReply.maxLine {
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
             guard n > 0 else { break }
             answer += buf.prefix(n)
         }
         close(fd)
-        return String(decoding: answer.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
+        guard let end = answer.firstIndex(of: 0x0a) else {
+            fail("\(path): the VM closed the connection without answering (is this user allowed to control it?)", status: 1)
+        }
+        do { return try ControlReply.parse(Array(answer[..<end])) } catch { fail("\(path): \(error.description)", status: 1) }
+    }
+}
+
+/// Where `skiff snapshot` puts a snapshot: this process makes the
+/// directory and the files in it (O_EXCL, never following a link), so its
+/// permissions decide where a snapshot may go, and the VMM, which sees no
+/// host path when jailed, writes into the descriptors it is sent. After the
+/// VMM's "ok" they are moved into place, the state file last: a snapshot
+/// is complete once its state file is there.
+struct SnapshotTarget {
+    let directory: (fd: Int32, path: String, made: Bool)
+    let files: [Int32]
+
+    init(_ path: String, shown: String) {
+        directory = ControlClient.prepare(path, shown: shown)
+        var files: [Int32] = []
+        for name in SnapshotFiles.names {
+            let fd = openat(directory.fd, name + ".new", O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            guard fd >= 0 else {
+                let e = errno
+                files.forEach { _ = close($0) }
+                for n in SnapshotFiles.names { unlinkat(directory.fd, n + ".new", 0) }
+                if directory.made { rmdir(directory.path) }
+                fail("\(shown)/\(name).new: \(String(cString: strerror(e)))", status: 2)
+            }
+            files.append(fd)
+        }
+        self.files = files
+    }
+
+    /// Moves the files into place (an unsealed snapshot has no seal).
+    func complete(shown: String) {
+        var st = stat()
+        let sealed = fstat(files[2], &st) == 0 && st.st_size > 0
+        files.forEach { _ = close($0) }
+        if !sealed { unlinkat(directory.fd, SnapshotSeal.fileName + ".new", 0) }
+        for name in [SnapshotImage.memoryName] + (sealed ? [SnapshotSeal.fileName] : []) + [SnapshotImage.stateName] {
+            guard renameat(directory.fd, name + ".new", directory.fd, name) == 0 else {
+                fail("\(shown)/\(name): \(String(cString: strerror(errno)))", status: 1)
+            }
+        }
+        fsync(directory.fd)
+    }
+
+    func abandon() {
+        files.forEach { _ = close($0) }
+        for name in SnapshotFiles.names { unlinkat(directory.fd, name + ".new", 0) }
+        if directory.made { rmdir(directory.path) }
+    }
+}
+
+private extension String {
+    func replacingPrefix(_ prefix: String, with other: String) -> String {
+        hasPrefix(prefix) ? other + dropFirst(prefix.count) : self
     }
 }

@@ -120,10 +120,8 @@ func runMachine(_ config: VMConfiguration, resources: HostResources, snapshot: S
         // Before the VM is built: a restored VM starts its device threads
         // at once, and every thread must run under its filter.
         if options.seccomp { try Seccomp.start() }
-        let machine = try VirtualMachine(config, resources: resources, restoring: snapshot, consoleOutput: { byte in
-            var b = byte
-            _ = write(1, &b, 1)
-        })
+        let machine = try VirtualMachine(config, resources: resources, restoring: snapshot,
+                                         consoleOutput: try ConsoleOutput.standardOutput().write)
         let reason = try machine.run(startPaused: options.paused, mainSpawnsProcesses: mainSpawnsProcesses)
         if reason.exitStatus != 0 || { if case .reset = reason { return false }; return true }() {
             report(reason.description)

@@ -165,10 +165,4 @@ int ckvm_install_kick_handler(int signo);
 // Blocks or unblocks a signal in the calling thread.
 int ckvm_thread_block_signal(int signo, int block);
 
-/// sendmsg with up to `count` descriptors attached (SCM_RIGHTS).
-long ckvm_send_with_fds(int socket, const void *bytes, unsigned long length, const int *fds, int count);
-/// recvmsg taking up to `capacity` descriptors (close-on-exec); more, or a
-/// truncated control message, are closed and *count says how many were kept.
-long ckvm_recv_with_fds(int socket, void *bytes, unsigned long length, int *fds, int capacity, int *count);
-
 #endif

@@ -74,6 +74,7 @@ public enum StateFile {
         return sections
     }
 
+    /// Writes a state file at `path` (tests and tools that rewrite snapshots).
     public static func write(_ sections: [(String, StateWriter)], to path: String) throws(SnapshotError) {
         try writeFile(path, encode(sections))
     }

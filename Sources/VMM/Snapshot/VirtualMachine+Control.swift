@@ -92,8 +92,8 @@ extension VirtualMachine {
         var sections: [(String, StateWriter)] = []
         var info = StateWriter()
         info.bytes += id
-        info.string(diff ? parent!.directory : "")
-        info.bytes += diff ? parent!.id : [UInt8](repeating: 0, count: 16)
+        info.string(parent.map { diff ? $0.directory : "" } ?? "")
+        info.bytes += parent.map { diff ? $0.id : [UInt8](repeating: 0, count: 16) } ?? [UInt8](repeating: 0, count: 16)
         sections.append(("snapshot", info))
         var config = StateWriter()
         configuration.save(&config)

@@ -1,0 +1,107 @@
+/// The control socket's protocol: one request per line, one reply line per
+/// request. The grammar lives here only; the VM's server and the `skiff`
+/// client both use it, and a fuzzer (Fuzz/Sources/fuzz-control-request)
+/// feeds it arbitrary bytes. Foundation-free: the VM process links it.
+///
+///     status                 -> ok running | ok paused
+///     pause | resume         -> ok paused | ok running
+///     snapshot DIR [diff]    -> ok full|diff snapshot DIR: ...
+///     stop                   -> ok stopping
+///
+/// Words are separated by spaces. DIR is an absolute path of printable
+/// UTF-8 without spaces; the directory itself travels as a file descriptor
+/// (SCM_RIGHTS) with the line, the text only names it (a diff snapshot
+/// records its base's path).
+public enum ControlRequest: Equatable, Sendable {
+    case status, pause, resume
+    case snapshot(directory: String, diff: Bool)
+    case stop
+
+    /// The longest request line, newline excluded.
+    public static let maxLine = 4096
+
+    public static let usage = "status, pause, resume, snapshot DIR [diff], stop"
+
+    /// Parses one line (without its newline).
+    public static func parse(_ line: [UInt8]) throws(ControlProtocolError) -> ControlRequest {
+        guard line.count <= maxLine else { throw ControlProtocolError("request longer than \(maxLine) bytes") }
+        let words = line.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: true)
+        guard let verb = words.first else { throw ControlProtocolError("empty request (\(usage))") }
+        switch (Array(verb), words.count) {
+        case (Array("status".utf8), 1): return .status
+        case (Array("pause".utf8), 1): return .pause
+        case (Array("resume".utf8), 1): return .resume
+        case (Array("stop".utf8), 1): return .stop
+        case (Array("snapshot".utf8), 2), (Array("snapshot".utf8), 3):
+            if words.count == 3 { guard Array(words[2]) == Array("diff".utf8) else { break } }
+            let directory = try Self.directory(Array(words[1]))
+            return .snapshot(directory: directory, diff: words.count == 3)
+        default: break
+        }
+        throw ControlProtocolError("unknown request (\(usage))")
+    }
+
+    /// A snapshot directory as the line may carry it.
+    public static func directory(_ bytes: [UInt8]) throws(ControlProtocolError) -> String {
+        guard bytes.first == UInt8(ascii: "/") else { throw ControlProtocolError("snapshot: the directory must be an absolute path") }
+        guard bytes.allSatisfy({ $0 > 0x20 && $0 != 0x7f }) else {
+            throw ControlProtocolError("snapshot: the directory's path has a space or a control character")
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else { throw ControlProtocolError("snapshot: the directory's path is not UTF-8") }
+        return text
+    }
+
+    /// The line that carries this request, newline included.
+    public var line: [UInt8] {
+        switch self {
+        case .status: return Array("status\n".utf8)
+        case .pause: return Array("pause\n".utf8)
+        case .resume: return Array("resume\n".utf8)
+        case .stop: return Array("stop\n".utf8)
+        case .snapshot(let directory, let diff): return Array("snapshot \(directory)\(diff ? " diff" : "")\n".utf8)
+        }
+    }
+}
+
+/// A reply line: `ok [TEXT]` or `error TEXT`.
+public enum ControlReply: Equatable, Sendable {
+    case ok(String)
+    case error(String)
+
+    /// Replies are bounded too: a client reads at most this much.
+    public static let maxLine = 4096
+
+    public static func parse(_ line: [UInt8]) throws(ControlProtocolError) -> ControlReply {
+        guard line.count <= maxLine else { throw ControlProtocolError("reply longer than \(maxLine) bytes") }
+        let text = String(decoding: line, as: UTF8.self)
+        if text == "ok" { return .ok("") }
+        if text.hasPrefix("ok ") { return .ok(String(text.dropFirst(3))) }
+        if text.hasPrefix("error ") { return .error(String(text.dropFirst(6))) }
+        throw ControlProtocolError("unexpected reply: \(String(text.prefix(80)))")
+    }
+
+    /// The line that carries this reply, newline included. Control bytes
+    /// in the text (a message quoting something odd) become `?`, so a
+    /// reply is always one line; an overlong text is cut.
+    public var line: [UInt8] {
+        let (head, text): (String, String)
+        switch self {
+        case .ok(let t): (head, text) = ("ok", t)
+        case .error(let t): (head, text) = ("error", t)
+        }
+        let room = Self.maxLine - head.utf8.count - 1
+        var body: [UInt8] = []
+        for scalar in text.unicodeScalars {
+            let bytes = scalar.value < 0x20 || scalar.value == 0x7f ? [UInt8(ascii: "?")] : Array(String(scalar).utf8)
+            guard body.count + bytes.count <= room else { break } // whole characters only
+            body += bytes
+        }
+        if body.isEmpty, case .ok = self { return Array(head.utf8) + [0x0a] }
+        return Array(head.utf8) + [UInt8(ascii: " ")] + body + [0x0a]
+    }
+}
+
+public struct ControlProtocolError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ d: String) { description = d }
+}

@@ -1,0 +1,36 @@
+import SkiffControl
+import XCTest
+
+/// The control protocol's grammar (SkiffControl), without a VM.
+final class ControlProtocolTests: XCTestCase {
+    func parse(_ text: String) -> ControlRequest? { try? ControlRequest.parse(Array(text.utf8)) }
+
+    func testRequestsParseAndRoundTrip() {
+        XCTAssertEqual(parse("status"), .status)
+        XCTAssertEqual(parse("  pause  "), .pause)
+        XCTAssertEqual(parse("snapshot /a/b"), .snapshot(directory: "/a/b", diff: false))
+        XCTAssertEqual(parse("snapshot /a/b diff"), .snapshot(directory: "/a/b", diff: true))
+        for r: ControlRequest in [.status, .pause, .resume, .stop, .snapshot(directory: "/x/caf\u{e9}", diff: true)] {
+            XCTAssertEqual(try ControlRequest.parse(Array(r.line.dropLast())), r)
+        }
+    }
+
+    func testBadRequestsAreRefused() {
+        for bad in ["", "status now", "snapshot", "snapshot rel/dir", "snapshot /a full", "snapshot /a diff diff",
+                    "snapshot /a\u{7}b", "reboot", String(repeating: "s", count: 5000)] {
+            XCTAssertNil(parse(bad), bad)
+        }
+        XCTAssertNil(try? ControlRequest.parse([0x73, 0x6e, 0x61, 0x70, 0x73, 0x68, 0x6f, 0x74, 0x20, 0x2f, 0xff])) // not UTF-8
+    }
+
+    func testRepliesAreOneBoundedLine() throws {
+        XCTAssertEqual(try ControlReply.parse(Array("ok running".utf8)), .ok("running"))
+        XCTAssertEqual(try ControlReply.parse(Array("ok".utf8)), .ok(""))
+        XCTAssertEqual(try ControlReply.parse(Array("error no".utf8)), .error("no"))
+        XCTAssertNil(try? ControlReply.parse(Array("okay".utf8)))
+        XCTAssertEqual(ControlReply.error("a\nb").line, Array("error a?b\n".utf8))
+        let long = ControlReply.error(String(repeating: "\u{e9}", count: 5000)).line
+        XCTAssertLessThanOrEqual(long.count, ControlReply.maxLine + 1)
+        XCTAssertNotNil(String(validating: long, as: UTF8.self), "cut inside a character")
+    }
+}
