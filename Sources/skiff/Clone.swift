@@ -65,11 +65,11 @@ enum Clone {
             let image = try SnapshotImage.load(snapshot, hostKey: SnapshotSeal.hostKey(create: false))
             var first = image.configuration, last = image.configuration
             image.close()
+            try identity(&first, index: 0)
+            try identity(&last, index: count - 1)
             guard image.sealed || first.hostResourceNames.isEmpty else {
                 fail("clone: \(snapshot) was not sealed by this host, so the host resources it names are not opened (restore it with each given instead)", status: 2)
             }
-            try identity(&first, index: 0)
-            try identity(&last, index: count - 1)
         } catch let e as CustomStringConvertible { fail(e.description, status: 2) } catch { fail("\(error)", status: 2) }
         var logs: Int32?
         if let dir = outputDir {

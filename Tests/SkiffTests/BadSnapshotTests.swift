@@ -70,7 +70,7 @@ final class BadSnapshotTests: XCTestCase {
         try assertRefused(try brokenCopy(of: Self.plain) { d in try rewrite(d + "/state") { $0 = [] } }, "not a Skiff snapshot state file")
         // Another format version: refused by name, never read as this one.
         try assertRefused(try brokenCopy(of: Self.plain) { d in try rewrite(d + "/state") { $0[8] = 99 } }, "snapshot format 99")
-        try assertRefused(try brokenCopy(of: Self.plain) { d in try FileManager.default.removeItem(atPath: d + "/state") }, "not a snapshot (it has no state file)")
+        try assertRefused(try brokenCopy(of: Self.plain) { d in try FileManager.default.removeItem(atPath: d + "/state") }, "not a snapshot (no state file)")
     }
 
     func testCorruptTruncatedOrForeignMemoryFile() throws {

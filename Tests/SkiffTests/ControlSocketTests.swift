@@ -128,7 +128,9 @@ final class ControlSocketTests: XCTestCase {
     }
 
     /// A `memory.new` planted in the snapshot directory as a symbolic link
-    /// is not followed: the file it points to stays as it was.
+    /// is not followed: the file it points to stays as it was. The client
+    /// makes the files (O_EXCL|O_NOFOLLOW) and refuses a directory with
+    /// anything in it; the VMM writes only into new, empty files it is sent.
     func testPlantedSymlinkInSnapshotDirectoryIsNotFollowed() throws {
         let socket = scratch + "/ctl", dir = scratch + "/snap", sentinel = scratch + "/sentinel"
         let s = try startCounter(socket: socket)
@@ -138,14 +140,20 @@ final class ControlSocketTests: XCTestCase {
         XCTAssertEqual(mkdir(dir, 0o700), 0)
         XCTAssertEqual(symlink(sentinel, dir + "/memory.new"), 0)
         XCTAssertEqual(symlink(sentinel, dir + "/state.new"), 0)
-        // As `skiff snapshot` sends it, after the planting.
-        let dirfd = open(dir, O_RDONLY | O_DIRECTORY)
-        defer { close(dirfd) }
+        let r = try Harness.skiff(["snapshot", socket, dir], timeout: 30)
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("\(dir): not empty"), r.stderr)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: sentinel)), original, "the symlink's target was written")
+        // A peer that sends a file with something in it (the sentinel,
+        // opened through the link) as the snapshot's files is refused.
+        let planted = open(dir + "/memory.new", O_RDWR)
+        defer { close(planted) }
         guard let c = Self.connect(socket) else { return XCTFail("cannot connect") }
         defer { close(c) }
-        XCTAssertGreaterThan(SkiffControl.UnixSocket.send(c, ControlRequest.snapshot(directory: dir, diff: false).line, passing: dirfd), 0)
+        XCTAssertGreaterThan(SkiffControl.UnixSocket.send(c, ControlRequest.snapshot(directory: dir, diff: false).line,
+                                                          passing: [planted, planted, planted]), 0)
         let answer = Self.readLine(c, timeout: 30) ?? "(none)"
-        XCTAssertTrue(answer.hasPrefix("error \(dir): ") && answer.contains("memory.new is in the way"), answer)
+        XCTAssertTrue(answer.hasPrefix("error snapshot \(dir): the files sent are not new empty files"), answer)
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: sentinel)), original, "the symlink's target was written")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/state"))
     }

@@ -32,7 +32,7 @@ public struct SnapshotImage: Sendable {
         guard stat(directory, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
             throw SnapshotError("\(directory): \(errno == ENOENT ? "no such directory" : "not a snapshot directory")")
         }
-        guard access(statePath, F_OK) == 0 else { throw SnapshotError("\(directory): not a snapshot (it has no state file)") }
+        guard access(statePath, F_OK) == 0 else { throw SnapshotError("\(directory): not a snapshot (no state file)") }
         let stateBytes = try StateFile.readBytes(statePath)
         let sections = try StateFile.decode(stateBytes, path: statePath)
         var info = try section(sections, "snapshot", statePath)
