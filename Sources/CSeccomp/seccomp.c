@@ -65,10 +65,13 @@ static const int vsock_calls[] = {
 static const int control_calls[] = {
     SCMP_SYS(accept), SCMP_SYS(accept4), SCMP_SYS(fcntl), SCMP_SYS(getsockopt), SCMP_SYS(recvmsg),
     SCMP_SYS(sendmsg), SCMP_SYS(sendto), SCMP_SYS(recvfrom), SCMP_SYS(shutdown),
-    // snapshots: the memory and state files, /proc/self/pagemap
+    // snapshots: into the files the client sent; /proc/self/pagemap
+    // (opened here when not jailed)
     SCMP_SYS(pread64), SCMP_SYS(pwrite64), SCMP_SYS(ftruncate), SCMP_SYS(fdatasync), SCMP_SYS(fsync),
-    SCMP_SYS(openat), SCMP_SYS(mkdirat), SCMP_SYS(mkdir), SCMP_SYS(renameat), SCMP_SYS(rename), SCMP_SYS(unlinkat),
+    SCMP_SYS(openat),
 };
+// unlink: an unjailed VMM's launcher is this thread, and removes the
+// sockets it bound once the VM has stopped.
 static const int main_calls[] = {
     SCMP_SYS(rt_sigtimedwait), SCMP_SYS(unlink), SCMP_SYS(unlinkat),
 };

@@ -68,8 +68,8 @@ final class VsockHostileTests: XCTestCase {
         defer { if s.isRunning { s.signal(SIGKILL) } }
         XCTAssertTrue(s.waitFor("GUEST-LISTENING\n", timeout: 10), s.stdout + s.stderr)
         // Only the soft limit: raising a hard limit again needs CAP_SYS_RESOURCE.
-        let used = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(s.vmmPID())/fd").count
-        let limit = try Harness.run("/usr/bin/prlimit", ["--pid", "\(s.vmmPID())", "--nofile=\(used + 2):"])
+        let used = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(s.pid)/fd").count
+        let limit = try Harness.run("/usr/bin/prlimit", ["--pid", "\(s.pid)", "--nofile=\(used + 2):"])
         XCTAssertEqual(limit.status, 0, limit.stderr)
         var clients: [Int32] = []
         for _ in 0..<10 { if let fd = UnixSocket.tryConnect(base) { clients.append(fd) } }
@@ -79,7 +79,7 @@ final class VsockHostileTests: XCTestCase {
         // strace on every thread of the VMM for a second: how often accept runs.
         let trace = base + ".strace"
         defer { unlink(trace) }
-        let tracer = try Session("/usr/bin/strace", ["-f", "-qq", "-p", "\(s.vmmPID())", "-e", "trace=accept,accept4", "-o", trace])
+        let tracer = try Session("/usr/bin/strace", ["-f", "-qq", "-p", "\(s.pid)", "-e", "trace=accept,accept4", "-o", trace])
         usleep(1_500_000)
         tracer.signal(SIGINT)
         _ = tracer.wait(timeout: 10)
@@ -87,7 +87,7 @@ final class VsockHostileTests: XCTestCase {
         XCTAssertLessThan(calls.count, 50, "accept failed \(calls.count) times in 1.5 s: the device thread spins")
 
         for fd in clients { close(fd) }
-        XCTAssertEqual(try Harness.run("/usr/bin/prlimit", ["--pid", "\(s.vmmPID())", "--nofile=1024:"]).status, 0)
+        XCTAssertEqual(try Harness.run("/usr/bin/prlimit", ["--pid", "\(s.pid)", "--nofile=1024:"]).status, 0)
         let host = try XCTUnwrap(UnixSocket.connect(base, timeout: 5))
         UnixSocket.send(host, "CONNECT 5000\n")
         XCTAssertTrue(UnixSocket.readLine(host).hasPrefix("OK "))
