@@ -17,6 +17,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/capability.h>
+#include <linux/sched.h>
+#include <stdint.h>
 
 int cjail_unshare_namespaces(void) {
     return unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET | CLONE_NEWPID);
@@ -98,3 +100,21 @@ int cjail_is_cgroup2(const char *path) {
 }
 
 int cjail_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+pid_t cjail_fork_into_cgroup(int cgroup, int *joined) {
+    *joined = 0;
+    if (cgroup >= 0) {
+        struct clone_args args;
+        memset(&args, 0, sizeof args);
+        args.flags = CLONE_INTO_CGROUP;
+        args.exit_signal = SIGCHLD;
+        args.cgroup = (uint64_t)cgroup;
+        // The child's glibc thread data still names the parent's thread:
+        // it must only make plain system calls (and fork) from here on,
+        // which the keeper does.
+        long pid = syscall(SYS_clone3, &args, sizeof args);
+        if (pid >= 0) { *joined = 1; return (pid_t)pid; }
+        if (errno != ENOSYS && errno != EINVAL && errno != E2BIG) return -1;
+    }
+    return fork();
+}

@@ -34,12 +34,15 @@ public struct Jail: Sendable {
         var report: [Int32] = [-1, -1]
         guard cjail_pipe(&report) == 0 else { throw JailError("jail: pipe: \(String(cString: strerror(errno)))") }
         let launcher = getpid()
-        let keeper = fork()
+        let cgroupFD = cgroup.map { open($0.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } ?? -1
+        var joined: Int32 = 0
+        let keeper = cjail_fork_into_cgroup(cgroupFD, &joined)
         guard keeper >= 0 else { throw JailError("jail: fork: \(String(cString: strerror(errno)))") }
         if keeper == 0 {
             close(report[0])
-            keep(report[1], launcher: launcher, cgroup: cgroup, prepare: prepare, body: body)
+            keep(report[1], launcher: launcher, cgroup: joined != 0 ? nil : cgroup, prepare: prepare, body: body)
         }
+        if cgroupFD >= 0 { close(cgroupFD) }
         close(report[1])
         // The keeper reports the VMM's pid (as this namespace sees it), or
         // nothing if it could not start one.
@@ -49,7 +52,8 @@ public struct Jail: Sendable {
         return JailedVMM(keeper: keeper, vmm: n == MemoryLayout<pid_t>.size ? pid : nil, cgroup: cgroup)
     }
 
-    /// The keeper: joins the cgroup and the new namespaces, forks the VMM,
+    /// The keeper: joins the cgroup (unless born in it) and the new
+    /// namespaces, forks the VMM,
     /// waits for it and exits as it did (128 + N if killed by signal N).
     private func keep(_ report: Int32, launcher: pid_t, cgroup: Cgroup?, prepare: () -> [Int32], body: () -> Never) -> Never {
         guard cjail_die_with_parent() == 0, getppid() == launcher else { _exit(1) }

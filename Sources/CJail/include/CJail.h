@@ -24,4 +24,8 @@ int cjail_drop_privileges(uid_t uid, gid_t gid, const char **step);
 int cjail_is_cgroup2(const char *path);
 /// pipe2(fds, O_CLOEXEC). 0 or -1.
 int cjail_pipe(int fds[2]);
+/// fork(2), the child born in the cgroup open at `cgroup` (clone3 with
+/// CLONE_INTO_CGROUP: no migration, which costs 10-20 ms here); where the
+/// kernel lacks it, a plain fork and *joined = 0 (join it yourself).
+pid_t cjail_fork_into_cgroup(int cgroup, int *joined);
 #endif
