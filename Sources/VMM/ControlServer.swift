@@ -49,36 +49,9 @@ final class ControlServer: @unchecked Sendable {
     /// some process still listens on is refused (another VM's); a stale one
     /// (nobody listening) is replaced; anything else there is refused.
     static func bindListener(path: String) throws -> Int32 {
-        func failure(_ what: String) -> ConfigurationError { ConfigurationError("control socket \(path): \(what)") }
-        var address = sockaddr_un()
-        guard unixAddress(path, &address) else { throw failure("path too long") }
-        let size = socklen_t(MemoryLayout<sockaddr_un>.size)
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            guard st.st_mode & S_IFMT == S_IFSOCK else { throw failure("exists and is not a socket") }
-            let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard probe >= 0 else { throw failure(String(cString: strerror(errno))) }
-            let r = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, size) } }
-            let e = errno
-            close(probe)
-            if r == 0 { throw failure("in use by another VM") }
-            guard e == ECONNREFUSED else { throw failure(String(cString: strerror(e))) }
-            unlink(path)
+        do { return try UnixListener.bind(path, backlog: 16, mode: 0o600) } catch {
+            throw ConfigurationError("control socket \(path): \(error.reason(inUse: "another VM"))")
         }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw failure(String(cString: strerror(errno))) }
-        // chmod between bind and listen: until listen nobody can connect,
-        // so the umask's mode is never usable.
-        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, size) } }
-        guard bound == 0 else {
-            let e = errno; close(fd)
-            throw failure(e == EADDRINUSE ? "in use by another VM" : String(cString: strerror(e)))
-        }
-        guard chmod(path, 0o600) == 0, listen(fd, 16) == 0 else {
-            let e = String(cString: strerror(errno)); close(fd); unlink(path)
-            throw failure(e)
-        }
-        return fd
     }
 }
 

@@ -1,5 +1,6 @@
 import Devices
 import Glibc
+import Machine
 import SkiffControl
 import VMM
 

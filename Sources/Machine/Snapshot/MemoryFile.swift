@@ -64,22 +64,9 @@ public enum MemoryFile {
         Header(snapshotID: id, totalSize: memory.totalSize, regions: memory.regions.map { ($0.guestBase, $0.size) })
     }
 
-    /// Writes `memory` to a new file `name` in the directory open at
-    /// `directory`: every page with content (`dirty` nil: a full
-    /// snapshot), or only the pages `dirty` marks (a diff). The file must
-    /// not exist yet and is never reached through a symbolic link;
-    /// `created` is called once it exists (the caller removes it if a
-    /// later step fails). Errors say `label`. Returns the number of pages
-    /// written.
-    @discardableResult
-    public static func write(_ memory: GuestMemory, to path: String, id: [UInt8], dirty: [PageBitmap]? = nil) throws(SnapshotError) -> Int {
-        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { throw SnapshotError("\(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        return try write(memory, fd: fd, name: path, id: id, dirty: dirty)
-    }
-
-    /// The same into an open, empty file (`name` for messages).
+    /// Writes `memory` into `fd`, a new empty file (`name` for messages):
+    /// every page with content (`dirty` nil: a full snapshot), or only the
+    /// pages `dirty` marks (a diff). Returns the number of pages written.
     @discardableResult
     public static func write(_ memory: GuestMemory, fd: Int32, name path: String, id: [UInt8], dirty: [PageBitmap]? = nil) throws(SnapshotError) -> Int {
         let fail = { (what: String) in SnapshotError("\(path): \(what): \(String(cString: strerror(errno)))") }

@@ -75,28 +75,9 @@ public final class Vsock: VirtioDevice {
     /// The listening socket at `path`, non-blocking. Static so that a
     /// privileged parent can make it and hand the descriptor in.
     public static func listen(_ path: String) throws(VsockError) -> Int32 {
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            // Only a stale socket, left by a run that is gone, is replaced:
-            // one that answers belongs to a live VM (or another program).
-            guard st.st_mode & S_IFMT == S_IFSOCK else { throw VsockError("vsock socket \(path): exists and is not a socket") }
-            switch HostSocket.probeListener(path) {
-            case nil: throw VsockError("vsock socket \(path): in use by another process")
-            case ECONNREFUSED?: unlink(path)
-            case ENOENT?: break
-            case let e?: throw VsockError("vsock socket \(path): \(String(cString: strerror(e)))")
-            }
+        do { return try UnixListener.bind(path, backlog: 64) } catch {
+            throw VsockError("vsock socket \(path): \(error.reason(inUse: "another process"))")
         }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw VsockError("vsock socket \(path): \(String(cString: strerror(errno)))") }
-        var address = sockaddr_un()
-        guard unixAddress(path, &address) else { close(fd); throw VsockError("vsock socket \(path): path too long") }
-        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard bound == 0, Glibc.listen(fd, 64) == 0 else {
-            let e = String(cString: strerror(errno)); close(fd)
-            throw VsockError("vsock socket \(path): \(e)")
-        }
-        return fd
     }
 
     public func readConfig(offset: Int, into data: UnsafeMutableRawBufferPointer) {
@@ -128,18 +109,6 @@ public final class Vsock: VirtioDevice {
     public func restoreState(_ r: inout StateReader) throws(SnapshotError) {
         restored.store(true, ordering: .sequentiallyConsistent)
     }
-}
-
-/// Fills a sockaddr_un; false if the path does not fit.
-public func unixAddress(_ path: String, _ address: inout sockaddr_un) -> Bool {
-    address.sun_family = sa_family_t(AF_UNIX)
-    let bytes = Array(path.utf8)
-    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
-    withUnsafeMutableBytes(of: &address.sun_path) { p in
-        p.copyBytes(from: bytes)
-        p[bytes.count] = 0
-    }
-    return true
 }
 
 public struct VsockError: Error, CustomStringConvertible, Sendable {

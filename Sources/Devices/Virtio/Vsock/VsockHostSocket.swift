@@ -1,4 +1,5 @@
 import Glibc
+import Machine
 
 /// Connecting to host Unix sockets by path, without blocking and without
 /// following a symlink.
@@ -49,16 +50,5 @@ enum HostSocket {
             if r == 0 { return 0 }
             if errno != EINTR { return errno }
         }
-    }
-
-    /// Whether something answers at the socket file `path`: a connection
-    /// accepted or queued (or a full backlog) means a live listener; only
-    /// ECONNREFUSED means a stale file left by a process that is gone.
-    /// Returns nil for "live", else the errno (ECONNREFUSED, ENOENT, ...).
-    static func probeListener(_ path: String) -> Int32? {
-        guard let fd = stream() else { return errno }
-        defer { Glibc.close(fd) }
-        let r = connect(fd, path: path)
-        return r == 0 || r == EAGAIN ? nil : r
     }
 }
