@@ -62,6 +62,8 @@ extension Emulator {
         // those not in their initial state (the init optimisation).
         let written = (op == .xsave) ? rfbm : rfbm & xinuse
         let layout = compacted ? try area.compactedOffsets(rfbm) : (offsets: [:], size: try area.standardSize(rfbm))
+        // A store: fault as one (write access) before reading the header back.
+        _ = try mem.translate(address, count: layout.size, .write)
         var buffer = try mem.read(linear: address, count: layout.size)
 
         let form64 = inst.rexW
