@@ -70,11 +70,13 @@ final class DecoderTests: XCTestCase {
         XCTAssertEqual(Decoder.decode([0xf0, 0xf3, 0x0f, 0xb8, 0xc0], mode: .long64), .fault(.invalidOpcode)) // LOCK popcnt
         XCTAssertEqual(Decoder.decode([0xf0, 0x0f, 0xae, 0x27], mode: .long64), .fault(.invalidOpcode))       // LOCK xsave
         XCTAssertEqual(Decoder.decode([0x48, 0x0f, 0xc7, 0xc8], mode: .long64), .fault(.invalidOpcode))       // cmpxchg16b with a register
-        XCTAssertEqual(Decoder.decode(Array(repeating: 0x66, count: 14) + [0xcc], mode: .long64), .fault(.generalProtection())) // 15 bytes
+        XCTAssertEqual(Decoder.decode(Array(repeating: 0x66, count: 14) + [0xcc], mode: .long64).length, 15)      // 15 bytes: legal
+        XCTAssertEqual(Decoder.decode(Array(repeating: 0x66, count: 15) + [0xcc], mode: .long64), .fault(.generalProtection())) // 16
         XCTAssertEqual(Decoder.decode(Array(repeating: 0x2e, count: 20), mode: .long64), .fault(.generalProtection()))
     }
 
     func testWhatIsNotOurs() {
+        XCTAssertEqual(Decoder.decode([0x0f, 0x0b], mode: .long64), .notEmulated)                   // ud2
         XCTAssertEqual(Decoder.decode([0xf2, 0x0f, 0x38, 0xf1, 0xc0], mode: .long64), .notEmulated) // crc32
         XCTAssertEqual(Decoder.decode([0x0f, 0xae, 0xe8], mode: .long64), .notEmulated)             // lfence
         XCTAssertEqual(Decoder.decode([0x66, 0x0f, 0xae, 0x37], mode: .long64), .notEmulated)       // clwb
@@ -83,4 +85,8 @@ final class DecoderTests: XCTestCase {
         XCTAssertEqual(Decoder.decode([], mode: .long64), .truncated)
         XCTAssertEqual(Decoder.decode([0x48, 0x0f, 0xae, 0x64, 0x24], mode: .long64), .truncated)
     }
+}
+
+extension DecodeResult {
+    var length: Int? { if case .instruction(let i) = self { return i.length }; return nil }
 }
