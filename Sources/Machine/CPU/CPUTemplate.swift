@@ -13,8 +13,9 @@ import Glibc
 public enum CPUTemplate: String, CaseIterable, Sendable {
     /// Everything KVM supports on this host.
     case host
-    /// For KVM's PVM backend: XSAVE and the vector extensions shown as the
-    /// hardware has them; CMPXCHG16B, POPCNT, SMAP and FSGSBASE hidden
+    /// For KVM's PVM backend: XSAVE, AVX and leaf 0xD left as KVM reports
+    /// them (the guest kernel sees the host's XSAVE bits there anyway, and
+    /// Skiff completes XSAVE/XRSTOR); CMPXCHG16B, POPCNT, SMAP and FSGSBASE hidden
     /// (Skiff would complete them too, but each costs an exit to user space
     /// where Linux has a cheaper path); XSAVEERPTR advertised so Linux skips
     /// an x87 workaround (FNCLEX on every return to user mode).

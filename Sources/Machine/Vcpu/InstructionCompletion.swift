@@ -13,8 +13,6 @@ public final class InstructionCompletion {
     let vcpu: KVMVcpu
     let memory: GuestMemory
     let features: CPUFeatures
-    /// Instructions completed so far, by operation (for the figures).
-    public private(set) var completed: [Mnemonic: UInt64] = [:]
 
     public init(vcpu: KVMVcpu, memory: GuestMemory) {
         self.vcpu = vcpu
@@ -61,14 +59,13 @@ public final class InstructionCompletion {
         switch emulator.execute(bytes: bytes, state: before) {
         case .notEmulated(let why):
             return .emulationFailure(vcpu: vcpu.id, detail: "\(why) at rip 0x\(String(before.rip, radix: 16)) (bytes \(Self.hex(bytes)))")
-        case .completed(let inst, let after, let exception):
+        case .completed(_, let after, let exception):
             do {
                 try write(after, over: before, regs: regs, sregs: sregs)
                 if let e = exception { try inject(e) }
             } catch {
                 return .kvmError("completing an instruction at rip 0x\(String(before.rip, radix: 16)): \(error)")
             }
-            if let op = inst?.operation { completed[op, default: 0] += 1 }
             return nil
         }
     }
