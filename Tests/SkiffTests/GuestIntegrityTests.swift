@@ -10,12 +10,19 @@ final class GuestIntegrityTests: XCTestCase {
     static let timeout: Double = 900
     static let rootCmdline = "console=ttyS0 reboot=k panic=-1 root=/dev/vda rw init=/init"
 
-    struct ProcResult { let proc: Int, checks: Int, mismatches: Int, switched: Int, line: String }
+    struct ProcResult { let proc: Int, checks: Int, mismatches: Int, switched: Int, pkru: Int?, line: String }
 
     static func vectorResults(_ log: String) -> [ProcResult] {
         log.matches(of: /vector-check: proc (\d+): checks (\d+) mismatches (\d+) switched (\d+)[^\r\n]*/).map {
-            ProcResult(proc: Int($0.1)!, checks: Int($0.2)!, mismatches: Int($0.3)!, switched: Int($0.4)!, line: String($0.0))
+            let line = String($0.0)
+            let pkru = line.firstMatch(of: /pkru-mismatches (\d+)/).flatMap { Int($0.1) }
+            return ProcResult(proc: Int($0.1)!, checks: Int($0.2)!, mismatches: Int($0.3)!, switched: Int($0.4)!,
+                              pkru: line.contains("(no pkru)") ? nil : pkru, line: line)
         }
+    }
+
+    static func lines(_ log: String, containing words: [String]) -> [Substring] {
+        log.split(whereSeparator: \.isNewline).filter { line in words.contains { line.contains($0) } }
     }
 
     /// Boots Skiff's default kernel on an ext4 root whose /init runs
@@ -42,15 +49,15 @@ final class GuestIntegrityTests: XCTestCase {
             XCTAssertEqual(p.checks, 1000, p.line)
             XCTAssertEqual(p.mismatches, 0, "vector registers lost across context switches: \(p.line)")
             XCTAssertGreaterThanOrEqual(p.switched, minSwitched, "too few checks saw a context switch: \(p.line)")
+            // PKRU is XSAVE state too (user mode may write it with WRPKRU).
+            if let pkru = p.pkru { XCTAssertEqual(pkru, 0, "PKRU lost across context switches: \(p.line)") }
         }
         XCTAssertTrue(log.contains("vector-check: total mismatches 0"), log.suffix(800).description)
         XCTAssertTrue(log.contains("vector-check-exit 0"), log.suffix(800).description)
-        for line in log.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) where line.contains("vector-check:") || line.contains("x86/fpu") {
-            print("guest-integrity (\(cpus) vCPU): \(line)")
-        }
+        for line in Self.lines(log, containing: ["vector-check:", "x86/fpu"]) { print("guest-integrity (\(cpus) vCPU): \(line)") }
         // The guest kernel saves the whole extended state: XSAVE with AVX.
         XCTAssertTrue(log.contains("x86/fpu: Enabled xstate features"), "the guest kernel runs without XSAVE: "
-                      + log.split(separator: "\n").filter { $0.contains("x86/fpu") }.joined(separator: " | "))
+                      + Self.lines(log, containing: ["x86/fpu"]).joined(separator: " | "))
         XCTAssertTrue(log.contains("Supporting XSAVE feature 0x004: 'AVX registers'"), "no AVX state in the guest's XSAVE")
     }
 
@@ -173,9 +180,7 @@ final class GuestIntegrityTests: XCTestCase {
             return
         }
         print("guest-integrity: Debian cloud kernel: Run /init after \(Int(seconds)) s")
-        for line in s.stdout.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) where line.contains("x86/fpu") || line.contains("Linux version") {
-            print("guest-integrity: cloud: \(line)")
-        }
+        for line in Self.lines(s.stdout, containing: ["x86/fpu", "Linux version"]) { print("guest-integrity: cloud: \(line)") }
         s.signal(SIGTERM)
         _ = s.wait(timeout: 10)
     }

@@ -32,12 +32,13 @@
 #include <time.h>
 #include <unistd.h>
 
-static int has_avx, has_avx512, has_bw;
+static int has_avx, has_avx512, has_bw, has_pkru;
 
 /* The whole state one check loads and reads back. */
 struct state {
     uint8_t zmm[32][64];   /* with AVX only: ymm0-15 in zmm[0..15][0..31] */
     uint64_t k[8];
+    uint32_t pkru;
 } __attribute__((aligned(64)));
 
 static uint64_t splitmix(uint64_t x) {
@@ -64,6 +65,7 @@ static void features(void) {
     __cpuid_count(7, 0, a, b, c, d);
     has_avx512 = ((b >> 16) & 1) && (xcr0 & 0xe0) == 0xe0;
     has_bw = has_avx512 && ((b >> 30) & 1);
+    has_pkru = ((c >> 4) & 1) && (xcr0 & 0x200);   /* OSPKE, and PKRU in XCR0 */
 }
 
 static uint64_t rdtsc(void) {
@@ -97,22 +99,43 @@ static uint64_t tsc_per_ms(void) {
     "cmp %[until], %%rdx\n\t" \
     "jb 1b\n\t"
 
+/* PKRU (when %[pk] is not null): written after the vector loads, read
+ * back after the spin; key 0 (bits 0-1) keeps full access. */
+#define PK_LOAD \
+    "test %[pk], %[pk]\n\t" \
+    "jz 2f\n\t" \
+    "mov (%[pk]), %%eax\n\t" \
+    "xor %%ecx, %%ecx\n\t" \
+    "xor %%edx, %%edx\n\t" \
+    "wrpkru\n\t" \
+    "2:\n\t"
+#define PK_STORE \
+    "test %[pk], %[pk]\n\t" \
+    "jz 3f\n\t" \
+    "xor %%ecx, %%ecx\n\t" \
+    "rdpkru\n\t" \
+    "mov %%eax, (%[pko])\n\t" \
+    "3:\n\t"
+#define PK_OPERANDS [pk] "r"(pk), [pko] "r"(pko)
+
 #define Y(op, n) op " " #n "*32(%[in]), %%ymm" #n "\n\t"
 #define YS(n) "vmovdqu %%ymm" #n ", " #n "*64(%[out])\n\t"
 
-static void run_avx(const struct state *in, struct state *out, uint64_t until) {
+static void run_avx(const struct state *in, struct state *out, uint64_t until, const uint32_t *pk, uint32_t *pko) {
     __asm__ volatile(
         /* ymm n from in->zmm[n/2] rows: use a packed 32-byte stride view */
         Y("vmovdqu", 0) Y("vmovdqu", 1) Y("vmovdqu", 2) Y("vmovdqu", 3)
         Y("vmovdqu", 4) Y("vmovdqu", 5) Y("vmovdqu", 6) Y("vmovdqu", 7)
         Y("vmovdqu", 8) Y("vmovdqu", 9) Y("vmovdqu", 10) Y("vmovdqu", 11)
         Y("vmovdqu", 12) Y("vmovdqu", 13) Y("vmovdqu", 14) Y("vmovdqu", 15)
+        PK_LOAD
         SPIN
+        PK_STORE
         YS(0) YS(1) YS(2) YS(3) YS(4) YS(5) YS(6) YS(7)
         YS(8) YS(9) YS(10) YS(11) YS(12) YS(13) YS(14) YS(15)
         :
-        : [in] "r"(in), [out] "r"(out), [until] "r"(until)
-        : "rax", "rdx", "memory", "cc",
+        : [in] "r"(in), [out] "r"(out), [until] "r"(until), PK_OPERANDS
+        : "rax", "rcx", "rdx", "memory", "cc",
           "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
           "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
 }
@@ -127,35 +150,39 @@ static void run_avx(const struct state *in, struct state *out, uint64_t until) {
 /* zmm16-31 and k0-7 are not named as clobbers (gcc knows them only with
  * -mavx512f); nothing in this program keeps a value in them, and they are
  * call-clobbered in the ABI. */
-static void run_avx512(const struct state *in, struct state *out, uint64_t until) {
+static void run_avx512(const struct state *in, struct state *out, uint64_t until, const uint32_t *pk, uint32_t *pko) {
     __asm__ volatile(
         Z(0) Z(1) Z(2) Z(3) Z(4) Z(5) Z(6) Z(7) Z(8) Z(9) Z(10) Z(11) Z(12) Z(13) Z(14) Z(15)
         Z(16) Z(17) Z(18) Z(19) Z(20) Z(21) Z(22) Z(23) Z(24) Z(25) Z(26) Z(27) Z(28) Z(29) Z(30) Z(31)
         KQ(0) KQ(1) KQ(2) KQ(3) KQ(4) KQ(5) KQ(6) KQ(7)
+        PK_LOAD
         SPIN
+        PK_STORE
         ZS(0) ZS(1) ZS(2) ZS(3) ZS(4) ZS(5) ZS(6) ZS(7) ZS(8) ZS(9) ZS(10) ZS(11) ZS(12) ZS(13) ZS(14) ZS(15)
         ZS(16) ZS(17) ZS(18) ZS(19) ZS(20) ZS(21) ZS(22) ZS(23) ZS(24) ZS(25) ZS(26) ZS(27) ZS(28) ZS(29) ZS(30) ZS(31)
         KQS(0) KQS(1) KQS(2) KQS(3) KQS(4) KQS(5) KQS(6) KQS(7)
         :
-        : [in] "r"(in), [out] "r"(out), [until] "r"(until)
-        : "rax", "rdx", "memory", "cc",
+        : [in] "r"(in), [out] "r"(out), [until] "r"(until), PK_OPERANDS
+        : "rax", "rcx", "rdx", "memory", "cc",
           "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
           "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
 }
 
 /* AVX-512F without BW: 16-bit opmask registers (kmovw). */
-static void run_avx512_w(const struct state *in, struct state *out, uint64_t until) {
+static void run_avx512_w(const struct state *in, struct state *out, uint64_t until, const uint32_t *pk, uint32_t *pko) {
     __asm__ volatile(
         Z(0) Z(1) Z(2) Z(3) Z(4) Z(5) Z(6) Z(7) Z(8) Z(9) Z(10) Z(11) Z(12) Z(13) Z(14) Z(15)
         Z(16) Z(17) Z(18) Z(19) Z(20) Z(21) Z(22) Z(23) Z(24) Z(25) Z(26) Z(27) Z(28) Z(29) Z(30) Z(31)
         KW(0) KW(1) KW(2) KW(3) KW(4) KW(5) KW(6) KW(7)
+        PK_LOAD
         SPIN
+        PK_STORE
         ZS(0) ZS(1) ZS(2) ZS(3) ZS(4) ZS(5) ZS(6) ZS(7) ZS(8) ZS(9) ZS(10) ZS(11) ZS(12) ZS(13) ZS(14) ZS(15)
         ZS(16) ZS(17) ZS(18) ZS(19) ZS(20) ZS(21) ZS(22) ZS(23) ZS(24) ZS(25) ZS(26) ZS(27) ZS(28) ZS(29) ZS(30) ZS(31)
         KWS(0) KWS(1) KWS(2) KWS(3) KWS(4) KWS(5) KWS(6) KWS(7)
         :
-        : [in] "r"(in), [out] "r"(out), [until] "r"(until)
-        : "rax", "rdx", "memory", "cc",
+        : [in] "r"(in), [out] "r"(out), [until] "r"(until), PK_OPERANDS
+        : "rax", "rcx", "rdx", "memory", "cc",
           "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
           "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
 }
@@ -166,7 +193,7 @@ static long switches(void) {
     return u.ru_nvcsw + u.ru_nivcsw;
 }
 
-struct result { long checks, mismatches, switched, bad_xmm, bad_ymmh, bad_zmmh, bad_zmm16, bad_k; };
+struct result { long checks, mismatches, switched, bad_xmm, bad_ymmh, bad_zmmh, bad_zmm16, bad_k, bad_pkru; };
 
 static void child(int index, long checks, uint64_t window, struct result *r) {
     static struct state in, out;
@@ -177,18 +204,20 @@ static void child(int index, long checks, uint64_t window, struct result *r) {
         for (int i = 0; i < 32 * 8; i++) w[i] = splitmix(seed + i);
         for (int i = 0; i < 8; i++) in.k[i] = splitmix(seed + 0x1000 + i);
         if (!has_bw) for (int i = 0; i < 8; i++) in.k[i] &= 0xffff;
+        in.pkru = (uint32_t)splitmix(seed + 0x2000) & ~3u;
+        const uint32_t *pk = has_pkru ? &in.pkru : 0;
         memset(&out, 0xa5, sizeof out);
         if (!has_avx512) {
             /* run_avx reads ymm n at in + 32n and writes it at out + 64n. */
             static uint8_t packed[16][32] __attribute__((aligned(32)));
             for (int n = 0; n < 16; n++) memcpy(packed[n], in.zmm[n], 32);
             long s0 = switches();
-            run_avx((const struct state *)packed, &out, rdtsc() + window);
+            run_avx((const struct state *)packed, &out, rdtsc() + window, pk, &out.pkru);
             if (switches() != s0) r->switched++;
         } else {
             long s0 = switches();
-            if (has_bw) run_avx512(&in, &out, rdtsc() + window);
-            else run_avx512_w(&in, &out, rdtsc() + window);
+            if (has_bw) run_avx512(&in, &out, rdtsc() + window, pk, &out.pkru);
+            else run_avx512_w(&in, &out, rdtsc() + window, pk, &out.pkru);
             if (switches() != s0) r->switched++;
         }
         int nregs = has_avx512 ? 32 : 16, width = has_avx512 ? 64 : 32;
@@ -203,6 +232,8 @@ static void child(int index, long checks, uint64_t window, struct result *r) {
             }
         }
         if (has_avx512 && memcmp(out.k, in.k, sizeof in.k)) k = 1;
+        /* PKRU is reported on its own, not counted in `mismatches`. */
+        if (has_pkru && out.pkru != in.pkru) r->bad_pkru++;
         r->checks++;
         r->bad_xmm += xmm; r->bad_ymmh += ymmh; r->bad_zmmh += zmmh; r->bad_zmm16 += zmm16; r->bad_k += k;
         if (xmm | ymmh | zmmh | zmm16 | k) r->mismatches++;
@@ -225,9 +256,9 @@ int main(int argc, char **argv) {
     }
     uint64_t per_ms = tsc_per_ms();
     uint64_t window = (uint64_t)(per_ms * window_ms);
-    printf("vector-check: %d procs, %ld checks each, window %.1f ms (%llu TSC ticks at %llu kHz), xcr0 %#llx, %s%s\n",
+    printf("vector-check: %d procs, %ld checks each, window %.1f ms (%llu TSC ticks at %llu kHz), xcr0 %#llx, %s%s%s\n",
            procs, checks, window_ms, (unsigned long long)window, (unsigned long long)per_ms,
-           (unsigned long long)xgetbv0(), has_avx512 ? "ymm zmm opmask" : "ymm",
+           (unsigned long long)xgetbv0(), has_avx512 ? "ymm zmm opmask" : "ymm", has_pkru ? " pkru" : "",
            has_avx512 && !has_bw ? " (16-bit opmask)" : "");
     fflush(stdout);
 
@@ -248,9 +279,10 @@ int main(int argc, char **argv) {
             child(i, checks, window, r);
             char line[256];
             int n = snprintf(line, sizeof line,
-                             "vector-check: proc %d: checks %ld mismatches %ld switched %ld %s (bad xmm %ld ymm-high %ld zmm-high %ld zmm16-31 %ld opmask %ld)\n",
+                             "vector-check: proc %d: checks %ld mismatches %ld switched %ld %s (bad xmm %ld ymm-high %ld zmm-high %ld zmm16-31 %ld opmask %ld) pkru-mismatches %ld%s\n",
                              i, r->checks, r->mismatches, r->switched, has_avx512 ? "ymm zmm opmask" : "ymm",
-                             r->bad_xmm, r->bad_ymmh, r->bad_zmmh, r->bad_zmm16, r->bad_k);
+                             r->bad_xmm, r->bad_ymmh, r->bad_zmmh, r->bad_zmm16, r->bad_k, r->bad_pkru,
+                             has_pkru ? "" : " (no pkru)");
             if (write(1, line, n) != n) _exit(2);
             _exit(r->mismatches ? 1 : 0);
         }
@@ -265,9 +297,12 @@ int main(int argc, char **argv) {
         int st;
         if (wait(&st) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) > 1) failed = 1;
     }
-    long total = 0, switched = 0, done = 0;
-    for (int i = 0; i < procs; i++) { total += results[i].mismatches; switched += results[i].switched; done += results[i].checks; }
+    long total = 0, switched = 0, done = 0, pkru = 0;
+    for (int i = 0; i < procs; i++) {
+        total += results[i].mismatches; switched += results[i].switched; done += results[i].checks; pkru += results[i].bad_pkru;
+    }
     printf("vector-check: total checks %ld switched %ld in %.1f s\n", done, switched, now() - t0);
+    if (has_pkru) printf("vector-check: total pkru-mismatches %ld\n", pkru);
     printf("vector-check: total mismatches %ld\n", total);
     if (failed || done != procs * checks) printf("vector-check: a child failed\n");
     return total || failed || done != procs * checks ? 1 : 0;
