@@ -61,15 +61,21 @@ final class GuestIntegrityTests: XCTestCase {
         XCTAssertTrue(log.contains("Supporting XSAVE feature 0x004: 'AVX registers'"), "no AVX state in the guest's XSAVE")
     }
 
+    // Measured before XSAVE (Skiff's kernel with `noxsave`), 1000 checks
+    // each: 1 vCPU, 2 processes: 835 and 854 mismatches (ymm upper halves,
+    // PKRU alike), 1000 and 999 checks switched; 2 vCPUs, 4 processes:
+    // 830-896 mismatches, 943-997 switched. The bar of 500 switched checks
+    // is well below what preemption gives here.
+
     /// Two processes on one vCPU keep ymm0-15 (and zmm0-31, k0-7 where the
     /// CPU has AVX-512) across preemption: 0 mismatches in 1000 checks each.
     func testVectorRegistersSurvivePreemptionOnOneVCPU() throws {
-        try vectorCheck(cpus: 1, procs: 2, minSwitched: 100)
+        try vectorCheck(cpus: 1, procs: 2, minSwitched: 500)
     }
 
     /// The same with 2 vCPUs and 4 processes (so migrations too).
     func testVectorRegistersSurvivePreemptionOnTwoVCPUs() throws {
-        try vectorCheck(cpus: 2, procs: 4, minSwitched: 100)
+        try vectorCheck(cpus: 2, procs: 4, minSwitched: 500)
     }
 
     /// 2 MiB, the same every run: lines of words (compressible) and runs
