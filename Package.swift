@@ -2,6 +2,7 @@
 // Skiff: a virtual machine monitor for Linux/KVM, written in Swift.
 // Layers (each depends only on those below it):
 //   skiff (CLI) -> VMM -> Devices -> Machine -> KVM -> CKVM
+//   X86Emulator (instructions KVM's emulator lacks) under Machine.
 //   SkiffControl (the control socket's protocol) under VMM and skiff.
 //   Appliance (guest images, the default kernel) beside them; HostTools
 //   (running host programs) under both.
@@ -19,7 +20,9 @@ let package = Package(
         // seccomp allow-lists per thread role, on Debian's libseccomp (static in release builds).
         .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
         .target(name: "KVM", dependencies: ["CKVM"]),
-        .target(name: "Machine", dependencies: ["KVM", "CKVM", "CSeccomp"]),
+        // Completes the instructions KVM's emulator lacks (pure Swift, no KVM).
+        .target(name: "X86Emulator"),
+        .target(name: "Machine", dependencies: ["KVM", "CKVM", "CSeccomp", "X86Emulator"]),
         .target(name: "Devices", dependencies: ["Machine", "CKVM"]),
         .target(name: "HostTools"),
         // HMAC-SHA256 for snapshot seals, on Debian's Nettle.
@@ -32,6 +35,7 @@ let package = Package(
         .target(name: "Appliance", dependencies: ["HostTools"]),
         .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance", "HostTools", "Jail", "SkiffControl"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
+        .testTarget(name: "X86EmulatorTests", dependencies: ["X86Emulator"]),
         .testTarget(name: "ApplianceTests", dependencies: ["Appliance"]),
         .testTarget(name: "SkiffTests", dependencies: ["Appliance", "Machine", "SkiffControl"]),
     ]

@@ -112,3 +112,16 @@ uint32_t ckvm_crc32c(uint32_t crc, const void *data, size_t length) {
     return __builtin_cpu_supports("sse4.2") ? crc32c_sse42(crc, data, length) : crc32c_soft(crc, data, length);
 }
 
+
+int ckvm_cmpxchg16b(void *p, uint64_t *lo, uint64_t *hi, uint64_t new_lo, uint64_t new_hi) {
+    uint8_t swapped;
+    __asm__ volatile("lock cmpxchg16b %1\n\tsete %0"
+                     : "=q"(swapped), "+m"(*(volatile __int128 *)p), "+a"(*lo), "+d"(*hi)
+                     : "b"(new_lo), "c"(new_hi)
+                     : "memory", "cc");
+    return swapped;
+}
+
+void ckvm_host_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]) {
+    __asm__ volatile("cpuid" : "=a"(out[0]), "=b"(out[1]), "=c"(out[2]), "=d"(out[3]) : "a"(leaf), "c"(subleaf));
+}

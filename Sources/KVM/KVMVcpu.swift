@@ -101,3 +101,41 @@ public final class KVMVcpu: @unchecked Sendable {
         _ = try check("KVM_SET_LAPIC", ckvm_ioctl_ptr(fd, CKVM_SET_LAPIC, &l))
     }
 }
+
+extension KVMVcpu {
+    public func events() throws -> kvm_vcpu_events {
+        var e = kvm_vcpu_events()
+        _ = try check("KVM_GET_VCPU_EVENTS", ckvm_ioctl_ptr(fd, CKVM_GET_VCPU_EVENTS, &e))
+        return e
+    }
+
+    public func setEvents(_ events: kvm_vcpu_events) throws {
+        var e = events
+        _ = try check("KVM_SET_VCPU_EVENTS", ckvm_ioctl_ptr(fd, CKVM_SET_VCPU_EVENTS, &e))
+    }
+
+    /// The extended state (x87, SSE, AVX, ...) in the standard XSAVE layout.
+    public func xsave() throws -> [UInt8] {
+        var x = kvm_xsave()
+        _ = try check("KVM_GET_XSAVE", ckvm_ioctl_ptr(fd, CKVM_GET_XSAVE, &x))
+        return withUnsafeBytes(of: &x) { Array($0) }
+    }
+
+    public func setXSave(_ bytes: [UInt8]) throws {
+        var x = kvm_xsave()
+        guard bytes.count == MemoryLayout<kvm_xsave>.size else { throw SystemError("KVM_SET_XSAVE: \(bytes.count) bytes", errno: EINVAL) }
+        withUnsafeMutableBytes(of: &x) { $0.copyBytes(from: bytes) }
+        _ = try check("KVM_SET_XSAVE", ckvm_ioctl_ptr(fd, CKVM_SET_XSAVE, &x))
+    }
+
+    /// XCR0 as the guest last set it.
+    public func xcr0() throws -> UInt64 {
+        var x = kvm_xcrs()
+        _ = try check("KVM_GET_XCRS", ckvm_ioctl_ptr(fd, CKVM_GET_XCRS, &x))
+        let n = min(Int(x.nr_xcrs), 16)
+        return withUnsafeBytes(of: &x.xcrs) { raw in
+            let list = raw.bindMemory(to: kvm_xcr.self)
+            return (0..<n).first { list[$0].xcr == 0 }.map { list[$0].value } ?? 1
+        }
+    }
+}

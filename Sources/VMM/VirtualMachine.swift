@@ -149,8 +149,11 @@ public final class VirtualMachine: @unchecked Sendable {
         _ = ckvm_install_kick_handler(SIGUSR1)
         signal(SIGPIPE, SIG_IGN)
 
-        let loops = vcpus.map { VcpuLoop(vcpu: $0, io: io, mmio: mmio, stopping: stopping, pauseGate: pauseGate,
-                                         onStop: { [unowned self] in self.stop($0) }) }
+        let loops = vcpus.map { vcpu in
+            VcpuLoop(vcpu: vcpu, io: io, mmio: mmio, stopping: stopping, pauseGate: pauseGate,
+                     completion: InstructionCompletion(vcpu: vcpu, memory: memory),
+                     onStop: { [unowned self] in self.stop($0) })
+        }
         let controlServer: ControlServer?
         do { controlServer = try controlListener.map { try ControlServer(listener: $0, machine: self, allowedUID: controlOwner) } } catch {
             for transport in virtio { transport.device.reset() }

@@ -65,6 +65,7 @@ static const unsigned long CKVM_SET_PIT2 = KVM_SET_PIT2;
 static const unsigned long CKVM_GET_CLOCK = KVM_GET_CLOCK;
 static const unsigned long CKVM_SET_CLOCK = KVM_SET_CLOCK;
 static const unsigned long CKVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
+static const unsigned long CKVM_GET_FPU = KVM_GET_FPU;
 static const uint32_t CKVM_MEM_LOG_DIRTY_PAGES = KVM_MEM_LOG_DIRTY_PAGES;
 
 // Exit reasons and capabilities used by Swift code, re-exported as plain
@@ -151,6 +152,22 @@ int ckvm_set_msrs(int vcpu_fd, const uint32_t *indices, const uint64_t *values, 
 uint32_t ckvm_crc32c(uint32_t crc, const void *data, size_t length);
 
 // Atomically sets bits in a word of a bitmap shared between threads.
+// LOCK CMPXCHG16B on guest memory, for a guest instruction KVM's PVM
+// emulator lacks: other vCPUs see it as atomic. `p` is 16-byte aligned.
+// Returns 1 if it swapped; *lo, *hi receive the old value either way.
+int ckvm_cmpxchg16b(void *p, uint64_t *lo, uint64_t *hi, uint64_t new_lo, uint64_t new_hi);
+
+// CPUID as this process sees it (the host CPU, or what the host's own
+// hypervisor shows it): out = eax, ebx, ecx, edx.
+void ckvm_host_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
+
+// The KVM_EXIT_INTERNAL_ERROR / emulation-failure fields (an anonymous
+// union member that does not import whole).
+static inline uint64_t ckvm_emulation_failure_flags(struct kvm_run *r) { return r->emulation_failure.flags; }
+static inline uint8_t ckvm_emulation_failure_size(struct kvm_run *r) { return r->emulation_failure.insn_size; }
+static inline const uint8_t *ckvm_emulation_failure_bytes(struct kvm_run *r) { return r->emulation_failure.insn_bytes; }
+static const uint64_t CKVM_EMULATION_FLAG_INSTRUCTION_BYTES = KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES;
+
 static inline void ckvm_atomic_or_u64(uint64_t *word, uint64_t bits) {
     __atomic_fetch_or(word, bits, __ATOMIC_RELAXED);
 }

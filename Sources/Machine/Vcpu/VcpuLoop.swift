@@ -22,12 +22,15 @@ public final class VcpuLoop: @unchecked Sendable {
     let stopping: StopFlag
     let pauseGate: PauseGate
     let onStop: @Sendable (StopReason) -> Void
+    /// Completes instructions KVM's emulator lacks (nil: stop on them).
+    public let completion: InstructionCompletion?
     /// Exits handled so far (read after the thread ends).
     public private(set) var exits: UInt64 = 0
 
     public init(vcpu: KVMVcpu, io: Bus, mmio: Bus, stopping: StopFlag, pauseGate: PauseGate,
-                onStop: @escaping @Sendable (StopReason) -> Void) {
+                completion: InstructionCompletion? = nil, onStop: @escaping @Sendable (StopReason) -> Void) {
         self.vcpu = vcpu
+        self.completion = completion
         self.pauseGate = pauseGate
         self.io = io
         self.mmio = mmio
@@ -103,9 +106,13 @@ public final class VcpuLoop: @unchecked Sendable {
             }
         case CKVM_EXIT_INTERNAL_ERROR:
             let sub = run.pointee.internal.suberror
+            if sub == UInt32(KVM_INTERNAL_ERROR_EMULATION), let completion { return completion.handle(run) }
             let rip = (try? vcpu.registers().rip).map { "0x" + String($0, radix: 16) } ?? "?"
-            let what = sub == UInt32(KVM_INTERNAL_ERROR_EMULATION) ? "instruction not emulated" : "internal error \(sub)"
-            return .emulationFailure(vcpu: vcpu.id, detail: "\(what) at rip \(rip)")
+            if sub == UInt32(KVM_INTERNAL_ERROR_EMULATION) {
+                let bytes = InstructionCompletion.hex(InstructionCompletion.bytes(run))
+                return .emulationFailure(vcpu: vcpu.id, detail: "instruction not emulated at rip \(rip) (bytes \(bytes))")
+            }
+            return .emulationFailure(vcpu: vcpu.id, detail: "internal error \(sub) at rip \(rip)")
         case CKVM_EXIT_FAIL_ENTRY:
             let reason = run.pointee.fail_entry.hardware_entry_failure_reason
             return .kvmError("vCPU \(vcpu.id) could not enter the guest (hardware reason 0x\(String(reason, radix: 16)))")
