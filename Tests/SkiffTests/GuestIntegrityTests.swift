@@ -182,7 +182,12 @@ final class GuestIntegrityTests: XCTestCase {
         if !reached {
             s.signal(SIGTERM)
             let r = s.wait(timeout: 10)
-            XCTFail("Debian's cloud kernel did not reach init in \(Int(seconds)) s: status \(r.status), stderr: \(r.stderr) console: \(tail)")
+            // The whole console, kept for a look; the first signs of trouble named here.
+            let saved = FileManager.default.temporaryDirectory.appendingPathComponent("skiff-debian-cloud-console.log").path
+            try? r.stdout.write(toFile: saved, atomically: true, encoding: .utf8)
+            let trouble = Self.lines(r.stdout, containing: ["BUG", "lockup", "rcu:", "Kernel panic", "WARNING", "Oops", "stall"]).prefix(8)
+            XCTFail("Debian's cloud kernel did not reach init in \(Int(seconds)) s: status \(r.status), stderr: \(r.stderr)"
+                    + " first trouble: \(trouble.joined(separator: " | ")) console (all of it in \(saved)): \(tail)")
             return
         }
         print("guest-integrity: Debian cloud kernel: Run /init after \(Int(seconds)) s")
