@@ -52,6 +52,8 @@ if Context.environment["SKIFF_FUZZ"] != nil {
         package.targets.append(.executableTarget(name: name, dependencies: ["SkiffCore"], path: "Fuzz/Sources/\(name)",
                                                  swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
     }
+    package.targets.append(.executableTarget(name: "fuzz-x86-emulator", dependencies: ["X86Emulator"], path: "Fuzz/Sources/fuzz-x86-emulator",
+                                             swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
     package.targets.append(.executableTarget(name: "fuzz-control-request", dependencies: ["SkiffControl"], path: "Fuzz/Sources/fuzz-control-request",
                                              swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
 }

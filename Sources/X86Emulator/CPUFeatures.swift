@@ -17,6 +17,10 @@ public struct CPUFeatures: Equatable, Sendable {
         /// Starts on a 64-byte boundary in the compacted layout.
         public var aligned: Bool
         public var supervisor: Bool
+
+        public init(size: Int, offset: Int, aligned: Bool, supervisor: Bool) {
+            (self.size, self.offset, self.aligned, self.supervisor) = (size, offset, aligned, supervisor)
+        }
     }
 
     /// XSAVE state components 2-62 the CPU describes.

@@ -2,7 +2,7 @@
 /// the guest's RIP. Only the instructions Skiff completes are recognised;
 /// everything else is `.notEmulated`, so the VM stops with its bytes named
 /// rather than run on a guess.
-public enum Operation: String, Equatable, Sendable {
+public enum Mnemonic: String, Equatable, Sendable {
     case xsave, xsaveopt, xsavec, xsaves, xrstor, xrstors
     case cmpxchg16b, popcnt, lsl
     case clac, stac, xgetbv
@@ -22,7 +22,7 @@ public struct MemoryOperand: Equatable, Sendable {
 }
 
 public struct Instruction: Equatable, Sendable {
-    public var operation: Operation
+    public var operation: Mnemonic
     public var length: Int
     /// 2, 4 or 8.
     public var operandSize: Int
@@ -139,7 +139,7 @@ public enum Decoder {
             inst.memory = mem
             return nil
         }
-        func finish(_ o: Operation) -> DecodeResult {
+        func finish(_ o: Mnemonic) -> DecodeResult {
             if p > maxLength { return .fault(.generalProtection()) }
             inst.operation = o
             inst.length = p

@@ -31,10 +31,8 @@ public struct Emulator {
             // Fetch the rest from the instruction's own pages.
             do {
                 let at = try mem.linear(.cs, state.rip &+ UInt64(bytes.count), size: 1, write: false)
-                let more = Decoder.maxLength - bytes.count
-                let inPage = Int(4096 - (at & 0xfff))
                 var fetched: [UInt8] = []
-                for piece in try mem.translate(at, count: min(more, inPage + 4096), .fetch) {
+                for piece in try mem.translate(at, count: Decoder.maxLength - bytes.count, .fetch) {
                     guard let b = memory.read(piece.address, count: piece.count) else { break }
                     fetched += b
                 }

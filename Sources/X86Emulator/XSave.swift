@@ -52,7 +52,7 @@ extension Emulator {
     func xsave(_ inst: Instruction, _ s: inout CPUState, _ mem: LinearMemory) throws(EmulationStop) {
         let op = inst.operation
         let compacted = op == .xsavec || op == .xsaves
-        let (address, _, rfbm) = try xsaveOperand(inst, s, mem, supervisor: op == .xsaves)
+        let (address, _, rfbm) = try xsaveOperand(inst, s, mem, supervisor: op == .xsaves, store: true)
         let area = XSaveArea(features: features)
         guard let image = context.xsaveImage(), image.count >= XSaveArea.extendedStart else {
             throw .notEmulated("the vCPU's extended state could not be read from KVM")
@@ -62,6 +62,8 @@ extension Emulator {
         // those not in their initial state (the init optimisation).
         let written = (op == .xsave) ? rfbm : rfbm & xinuse
         let layout = compacted ? try area.compactedOffsets(rfbm) : (offsets: [:], size: try area.standardSize(rfbm))
+        // A store: fault as one (write access) before reading the header back.
+        _ = try mem.translate(address, count: layout.size, .write)
         var buffer = try mem.read(linear: address, count: layout.size)
 
         let form64 = inst.rexW
@@ -97,7 +99,7 @@ extension Emulator {
 
     func xrstor(_ inst: Instruction, _ s: inout CPUState, _ mem: LinearMemory) throws(EmulationStop) {
         let supervisor = inst.operation == .xrstors
-        let (address, xcr0, rfbm) = try xsaveOperand(inst, s, mem, supervisor: supervisor)
+        let (address, xcr0, rfbm) = try xsaveOperand(inst, s, mem, supervisor: supervisor, store: false)
         let enabled = xcr0 | (supervisor ? (context.xss() ?? 0) : 0)
         let h = XSaveArea.headerOffset
         let header = try mem.read(linear: address &+ UInt64(h), count: 64)
@@ -165,13 +167,13 @@ extension Emulator {
 
     /// The checks every XSAVE-family instruction makes, its 64-byte-aligned
     /// linear address, XCR0 and the requested-feature bitmap.
-    private func xsaveOperand(_ inst: Instruction, _ s: CPUState, _ mem: LinearMemory, supervisor: Bool) throws(EmulationStop) -> (UInt64, UInt64, UInt64) {
+    private func xsaveOperand(_ inst: Instruction, _ s: CPUState, _ mem: LinearMemory, supervisor: Bool, store: Bool) throws(EmulationStop) -> (UInt64, UInt64, UInt64) {
         guard let m = inst.memory else { throw .fault(.invalidOpcode) }
         if s.cr4 & CR4.osxsave == 0 { throw .fault(.invalidOpcode) }
         if s.cr0 & CR0.ts != 0 { throw .fault(.deviceNotAvailable) }
         if supervisor && s.cpl != 0 { throw .fault(.generalProtection()) }
         let ea = mem.effectiveAddress(m, nextRIP: s.rip &+ UInt64(inst.length))
-        let address = try mem.linear(m.segment, ea, size: XSaveArea.extendedStart, write: false)
+        let address = try mem.linear(m.segment, ea, size: XSaveArea.extendedStart, write: store)
         if address & 63 != 0 { throw .fault(.generalProtection()) }
         guard let xcr0 = context.xcr0() else { throw .notEmulated("XCR0 could not be read from KVM") }
         var enabled = xcr0

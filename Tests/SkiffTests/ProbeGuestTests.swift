@@ -39,6 +39,20 @@ final class ProbeGuestTests: XCTestCase {
         XCTAssertEqual(r.stdout, "BEFORE-CRC32\n")
     }
 
+    /// int3, a 32-bit iret, popcnt, lsl, stac and clac at CPL0: on PVM hosts
+    /// KVM's emulator lacks them and Skiff completes them; the guest sees
+    /// what hardware gives (#BP with the address after the int3 pushed).
+    func testInstructionsKVMsEmulatorLacksComputeWhatHardwareDoes() throws {
+        let r = try Harness.skiff(["run", "--kernel", Harness.probe("emulated"), "--cpu-template", "pvm"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.count, 7, r.stdout)
+        guard lines.count == 7 else { return }
+        let bp = try XCTUnwrap(lines[1].wholeMatch(of: /bp ret=([0-9A-F]{8}) want=([0-9A-F]{8})/), lines[1])
+        XCTAssertEqual(bp.1, bp.2, "#BP pushed the wrong return address")
+        XCTAssertEqual(Array(lines[2...]), ["back", "popcnt=00000009", "lsl=FFFFFFFF", "ac=00040000", "end"])
+    }
+
     func testTripleFaultStopsTheVM() throws {
         let r = try Harness.skiff(["run", "--kernel", Harness.probe("triple-fault")])
         XCTAssertEqual(r.status, 0, r.stderr)

@@ -14,7 +14,7 @@ public final class InstructionCompletion {
     let memory: GuestMemory
     let features: CPUFeatures
     /// Instructions completed so far, by operation (for the figures).
-    public private(set) var completed: [Operation: UInt64] = [:]
+    public private(set) var completed: [Mnemonic: UInt64] = [:]
 
     public init(vcpu: KVMVcpu, memory: GuestMemory) {
         self.vcpu = vcpu
@@ -27,16 +27,15 @@ public final class InstructionCompletion {
     /// set, yet the guest kernel sees the host's XSAVE bits and leaf 0xD (it
     /// picks XSAVEC there), and KVM's XSAVE image uses the host's offsets.
     static let hostFeatures: CPUFeatures = {
-        var leaves: [CPUIDLeaf] = []
-        var r: (UInt32, UInt32, UInt32, UInt32) = (0, 0, 0, 0)
-        func cpuid(_ leaf: UInt32, _ sub: UInt32) {
-            withUnsafeMutableBytes(of: &r) { ckvm_host_cpuid(leaf, sub, $0.baseAddress!.assumingMemoryBound(to: UInt32.self)) }
-            leaves.append(CPUIDLeaf(function: leaf, index: sub, eax: r.0, ebx: r.1, ecx: r.2, edx: r.3))
+        func cpuid(_ leaf: UInt32, _ sub: UInt32) -> CPUIDLeaf {
+            var r = [UInt32](repeating: 0, count: 4)
+            ckvm_host_cpuid(leaf, sub, &r)
+            return CPUIDLeaf(function: leaf, index: sub, eax: r[0], ebx: r[1], ecx: r[2], edx: r[3])
         }
-        cpuid(0, 0)
-        if r.0 >= 0xd { for sub in 0..<63 { cpuid(0xd, UInt32(sub)) } }
-        cpuid(0x8000_0000, 0)
-        if r.0 >= 0x8000_0008 { cpuid(0x8000_0008, 0) }
+        var leaves = [cpuid(0, 0)]
+        if leaves[0].eax >= 0xd { leaves += (0..<63).map { cpuid(0xd, UInt32($0)) } }
+        let extended = cpuid(0x8000_0000, 0)
+        if extended.eax >= 0x8000_0008 { leaves.append(cpuid(0x8000_0008, 0)) }
         return CPUFeatures(cpuid: leaves)
     }()
 
