@@ -21,6 +21,17 @@ enum Harness {
 
     static func probe(_ name: String) -> String { probeDirectory + "/\(name).elf" }
 
+    /// Static Linux user programs for guests (probes/linux), built by
+    /// probes/linux/build.sh into .build/linux-probes.
+    static let linuxProbeDirectory: String = {
+        let out = root.appendingPathComponent(".build/linux-probes").path
+        let r = try! run("/bin/bash", [root.appendingPathComponent("probes/linux/build.sh").path, out], timeout: 120)
+        precondition(r.status == 0, "probes/linux/build.sh failed: \(r.stderr)")
+        return out
+    }()
+
+    static func linuxProbe(_ name: String) -> String { linuxProbeDirectory + "/\(name)" }
+
     struct Result {
         let status: Int32
         let signaled: Bool

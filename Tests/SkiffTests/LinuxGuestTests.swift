@@ -87,29 +87,6 @@ final class LinuxGuestTests: XCTestCase {
     /// from virtio-blk read-write, runs busybox from it, writes a file and
     /// reboots; the host then sees the file, the mount counted, and a clean
     /// filesystem.
-    /// An ext4 image (made by mke2fs from a folder) with Debian's busybox
-    /// and `initScript` as /init; removed when the test ends.
-    func ext4Root(_ initScript: String, files: [String: Data] = [:]) throws -> String {
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("skiff-root-\(getpid())-\(name.hashValue & 0xffff)")
-        try? FileManager.default.removeItem(at: root)
-        for d in ["bin", "proc", "dev"] {
-            try FileManager.default.createDirectory(at: root.appendingPathComponent(d), withIntermediateDirectories: true)
-        }
-        try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: root.appendingPathComponent("bin/busybox").path)
-        try FileManager.default.createSymbolicLink(atPath: root.appendingPathComponent("bin/sh").path, withDestinationPath: "busybox")
-        for (name, data) in files { try data.write(to: root.appendingPathComponent(name)) }
-        let initPath = root.appendingPathComponent("init").path
-        try initScript.write(toFile: initPath, atomically: true, encoding: .utf8)
-        XCTAssertEqual(chmod(initPath, 0o755), 0)
-        let image = root.path + ".ext4"
-        try? FileManager.default.removeItem(atPath: image)
-        let mk = try Harness.run("/sbin/mke2fs", ["-q", "-t", "ext4", "-d", root.path, image, "64M"])
-        XCTAssertEqual(mk.status, 0, mk.stderr)
-        try? FileManager.default.removeItem(at: root)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: image) }
-        return image
-    }
-
     func testExt4RootOnVirtioBlock() throws {
         let dir = try Harness.kernelDirectory()
         let image = try ext4Root("""
