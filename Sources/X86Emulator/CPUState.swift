@@ -116,7 +116,7 @@ public enum CR0 {
 }
 
 public enum CR4 {
-    public static let pse: UInt64 = 1 << 4, pae: UInt64 = 1 << 5, la57: UInt64 = 1 << 12
+    public static let pse: UInt64 = 1 << 4, pae: UInt64 = 1 << 5, osfxsr: UInt64 = 1 << 9, la57: UInt64 = 1 << 12
     public static let osxsave: UInt64 = 1 << 18, smep: UInt64 = 1 << 20, smap: UInt64 = 1 << 21, pke: UInt64 = 1 << 22
 }
 

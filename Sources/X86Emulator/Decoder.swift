@@ -6,7 +6,8 @@ public enum Mnemonic: String, Equatable, Sendable {
     case xsave, xsaveopt, xsavec, xsaves, xrstor, xrstors
     case cmpxchg16b, popcnt, lsl
     case clac, stac, xgetbv
-    case int3, iret, fwait, fnclex
+    case int3, iret, fwait, fnclex, fninit
+    case ldmxcsr, stmxcsr
 }
 
 /// A memory operand, before segmentation: base + index * scale + disp.
@@ -157,7 +158,11 @@ public enum Decoder {
         case 0x9b: return lockUD(finish(.fwait))
         case 0xdb:
             guard let m = next() else { return .truncated }
-            return m == 0xe2 ? lockUD(finish(.fnclex)) : .notEmulated
+            switch m {
+            case 0xe2: return lockUD(finish(.fnclex))
+            case 0xe3: return lockUD(finish(.fninit))
+            default: return .notEmulated
+            }
         case 0x0f:
             guard let op2 = next() else { return .truncated }
             switch op2 {
@@ -180,6 +185,8 @@ public enum Decoder {
                 if let r = modrm(m) { return r }
                 guard needMemory() else { return .notEmulated } // fences and the like
                 switch inst.reg & 7 {
+                case 2: return lockUD(finish(.ldmxcsr))
+                case 3: return lockUD(finish(.stmxcsr))
                 case 4: return lockUD(finish(.xsave))
                 case 5: return lockUD(finish(.xrstor))
                 case 6: return lockUD(finish(.xsaveopt))

@@ -96,6 +96,31 @@ public struct Emulator {
                 image.setLE(2, 2, fsw & ~0x80ff) // exception flags, SF, ES and B
                 guard context.setXSaveImage(image) else { throw .notEmulated("KVM refused the x87 state") }
             }
+        case .fninit:
+            // Linux's kernel_fpu_begin(): the x87 unit to its initial state.
+            if s.cr0 & (CR0.em | CR0.ts) != 0 { throw .fault(.deviceNotAvailable) }
+            guard var image = context.xsaveImage(), image.count >= 160 else { throw .notEmulated("the x87 state could not be read from KVM") }
+            image.setLE(0, 2, XSaveArea.x87InitFCW)
+            for i in 2..<24 { image[i] = 0 }  // FSW, FTW (all empty), FOP, FIP, FDP
+            guard context.setXSaveImage(image) else { throw .notEmulated("KVM refused the x87 state") }
+        case .ldmxcsr, .stmxcsr:
+            // MXCSR (kernel_fpu_begin() loads its default): #UD without
+            // CR4.OSFXSR, #NM with CR0.TS, #GP for a reserved bit.
+            guard let m = inst.memory else { throw .fault(.invalidOpcode) }
+            if s.cr4 & CR4.osfxsr == 0 || s.cr0 & CR0.em != 0 { throw .fault(.invalidOpcode) }
+            if s.cr0 & CR0.ts != 0 { throw .fault(.deviceNotAvailable) }
+            guard var image = context.xsaveImage(), image.count >= 32 else { throw .notEmulated("the SSE state could not be read from KVM") }
+            let ea = mem.effectiveAddress(m, nextRIP: s.rip &+ UInt64(inst.length))
+            if inst.operation == .stmxcsr {
+                try mem.write(m.segment, ea, [UInt8](image[24..<28]))
+            } else {
+                let value = try mem.read(m.segment, ea, count: 4).le(0, 4)
+                var mask = image.le(28, 4)
+                if mask == 0 { mask = 0xffbf }
+                if value & ~mask != 0 { throw .fault(.generalProtection()) }
+                image.setLE(24, 4, value)
+                guard context.setXSaveImage(image) else { throw .notEmulated("KVM refused MXCSR 0x\(String(value, radix: 16))") }
+            }
         case .xgetbv:
             if s.cr4 & CR4.osxsave == 0 { throw .fault(.invalidOpcode) }
             guard let xcr0 = context.xcr0() else { throw .notEmulated("XCR0 could not be read from KVM") }

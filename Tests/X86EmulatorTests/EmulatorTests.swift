@@ -191,6 +191,27 @@ final class InstructionTests: XCTestCase {
         XCTAssertEqual(m.complete([0xdb, 0xe2]).1, .deviceNotAvailable)
     }
 
+    func testKernelFPUBeginsInstructions() {
+        var m = TestMachine()
+        m.state.cr4 |= CR4.osfxsr
+        m.xstate.image.setLE(24, 4, 0x3f80); m.xstate.image.setLE(28, 4, 0xffff)
+        m.xstate.image.setLE(0, 2, 0x27f); m.xstate.image.setLE(2, 2, 0x3801); m.xstate.image[4] = 0xff
+        // Linux: movl $0x1f80, 4(%rsp); ldmxcsr 4(%rsp); fninit
+        m.state.gpr[4] = 0x10_0f00
+        m.memory.set(0x10_0f04, 0x1f80, size: 4)
+        XCTAssertNil(m.complete([0x0f, 0xae, 0x54, 0x24, 0x04]).1)
+        XCTAssertEqual(m.xstate.image.le(24, 4), 0x1f80)
+        XCTAssertNil(m.complete([0xdb, 0xe3]).1)
+        XCTAssertEqual([m.xstate.image.le(0, 2), m.xstate.image.le(2, 2), UInt64(m.xstate.image[4])], [0x37f, 0, 0])
+        m.xstate.image.setLE(24, 4, 0x1fa0)
+        XCTAssertNil(m.complete([0x0f, 0xae, 0x5c, 0x24, 0x08]).1)   // stmxcsr 8(%rsp)
+        XCTAssertEqual(m.memory.u64(0x10_0f08) & 0xffff_ffff, 0x1fa0)
+        m.memory.set(0x10_0f04, 0x1_0000, size: 4)
+        XCTAssertEqual(m.complete([0x0f, 0xae, 0x54, 0x24, 0x04]).1, .generalProtection(), "reserved MXCSR bit")
+        m.state.cr4 &= ~CR4.osfxsr
+        XCTAssertEqual(m.complete([0x0f, 0xae, 0x54, 0x24, 0x04]).1, .invalidOpcode)
+    }
+
     func testXGetBV() {
         var m = TestMachine()
         m.state.gpr[1] = 0

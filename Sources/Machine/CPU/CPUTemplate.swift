@@ -31,8 +31,13 @@ public enum CPUTemplate: String, CaseIterable, Sendable {
     public var linuxCommandLine: String {
         switch self {
         case .host: ""
-        // 151 = X86_FEATURE_POPCNT (word 4, bit 23), 308 = X86_FEATURE_SMAP (word 9, bit 20)
-        case .pvm: "nofsgsbase clearcpuid=151,308"
+        // 137 = X86_FEATURE_SSSE3 (word 4, bit 9): kernels with SIMD crypto
+        // built in (Debian's blake2s for the RNG) would run SSSE3 in kernel
+        // mode, which neither KVM's emulator nor Skiff completes; user mode
+        // still has it (its CPUID is the host's). 151 = X86_FEATURE_POPCNT
+        // (word 4, bit 23), 308 = X86_FEATURE_SMAP (word 9, bit 20).
+        // Linux takes the last clearcpuid= only: this one must hold them all.
+        case .pvm: "nofsgsbase clearcpuid=137,151,308"
         }
     }
 
