@@ -184,7 +184,7 @@ final class GuestIntegrityTests: XCTestCase {
         let s = try Session(Harness.skiff, ["run", "--kernel", vmlinux, "--cmdline", Self.cloudCmdline])
         defer { if s.isRunning { s.signal(SIGKILL); _ = s.wait(timeout: 10) } }
         let t0 = Date()
-        let reached = s.waitFor("Run /init as init process", timeout: 900)
+        let reached = s.waitFor("Run /init as init process", timeout: 1800)
         let seconds = Date().timeIntervalSince(t0)
         let tail = s.stdout.suffix(1500)
         if !reached {
