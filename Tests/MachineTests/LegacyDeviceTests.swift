@@ -70,6 +70,21 @@ final class LegacyDeviceTests: XCTestCase {
         XCTAssertEqual(resets.pulses, 1)
     }
 
+    /// The calendar by arithmetic agrees with glibc's gmtime_r (which the
+    /// VMM may not call on a vCPU thread) across leap years and centuries.
+    func testCMOSCalendarMatchesGmtime() {
+        var t = 0
+        while t < 4_200_000_000 {
+            var tt = time_t(t), parts = tm()
+            gmtime_r(&tt, &parts)
+            let u = CMOS.utc(t)
+            XCTAssertEqual([u.year, u.month, u.day, u.hour, u.minute, u.second, u.weekday],
+                           [Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday), Int(parts.tm_hour),
+                            Int(parts.tm_min), Int(parts.tm_sec), Int(parts.tm_wday)], "at \(t)")
+            t += 86_399 * 13 + 7
+        }
+    }
+
     func testCMOSReadsClockInBCD() {
         let rtc = CMOS(clock: { 1_700_000_000 }) // 2023-11-14 22:13:20 UTC
         let read = { (i: UInt8) -> UInt8 in out(rtc, 0, i); return inb(rtc, 1) }

@@ -38,16 +38,39 @@ public final class CMOS: BusDevice {
     }
 
     private func timeRegister(_ index: UInt8) -> UInt8? {
-        let fields: [UInt8: (tm) -> Int32] = [
-            0x00: { $0.tm_sec }, 0x02: { $0.tm_min }, 0x04: { $0.tm_hour }, 0x06: { $0.tm_wday + 1 },
-            0x07: { $0.tm_mday }, 0x08: { $0.tm_mon + 1 }, 0x09: { $0.tm_year % 100 }, 0x32: { 19 + $0.tm_year / 100 },
-        ]
-        guard let field = fields[index] else { return nil }
-        var t = time_t(clock())
-        var parts = tm()
-        gmtime_r(&t, &parts)
-        let v = Int(field(parts))
-        return UInt8((v / 10) << 4 | (v % 10))
+        let t = Self.utc(clock())
+        let v: Int
+        switch index {
+        case 0x00: v = t.second
+        case 0x02: v = t.minute
+        case 0x04: v = t.hour
+        case 0x06: v = t.weekday + 1
+        case 0x07: v = t.day
+        case 0x08: v = t.month
+        case 0x09: v = t.year % 100
+        case 0x32: v = t.year / 100
+        default: return nil
+        }
+        return UInt8((v / 10 % 10) << 4 | (v % 10))
+    }
+
+    /// The UTC calendar date of `seconds` since 1970, by arithmetic alone
+    /// (Hinnant's civil_from_days). Not gmtime_r: glibc loads the time zone
+    /// on its first call, opening /etc/localtime from a vCPU thread, which
+    /// its seccomp filter (rightly) forbids; Debian's kernel reads the RTC.
+    static func utc(_ seconds: Int) -> (year: Int, month: Int, day: Int, hour: Int, minute: Int, second: Int, weekday: Int) {
+        let t = max(0, min(seconds, 253_402_300_799)) // 1970 ... 9999
+        let days = t / 86400, rest = t % 86400
+        let z = days + 719_468
+        let era = z / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let day = doy - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
+        return (year, month, day, rest / 3600, rest % 3600 / 60, rest % 60, (days + 4) % 7)
     }
 }
 
