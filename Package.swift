@@ -14,6 +14,19 @@ let package = Package(
     name: "skiff",
     products: [
         .executable(name: "skiff", targets: ["skiff"]),
+        .executable(name: "skiffd", targets: ["skiffd"]),
+    ],
+    dependencies: [
+        // skiffd (the host manager) and its CLI only; the per-VM process links none of these.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/hummingbird-project/swift-openapi-hummingbird", from: "2.1.0"),
+        .package(url: "https://github.com/apple/swift-openapi-runtime", from: "1.13.4"),
+        .package(url: "https://github.com/swift-server/swift-openapi-async-http-client", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         .target(name: "CKVM"),
@@ -34,10 +47,32 @@ let package = Package(
         .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM", "HostTools", "CCrypto", "SkiffControl"]),
         .target(name: "Appliance", dependencies: ["HostTools"]),
         .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance", "HostTools", "Jail", "SkiffControl"]),
+        // The REST API's contract (openapi.yaml) and the code generated from
+        // it by scripts/openapi-generate (committed: CI need not build the generator).
+        .target(name: "SkiffAPI", dependencies: [.product(name: "OpenAPIRuntime", package: "swift-openapi-runtime")],
+                exclude: ["openapi.yaml", "openapi-generator-config.yaml"]),
+        // The host manager: state in SQLite, VMs as jailed `skiff run` processes.
+        .target(name: "CSkiffd"),
+        .target(name: "Skiffd", dependencies: [
+            "SkiffAPI", "SkiffControl", "CSkiffd",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "OpenAPIHummingbird", package: "swift-openapi-hummingbird"),
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        // skiffd, and the manager's CLI (`skiff ps`, ...) that `skiff` hands over to.
+        .executableTarget(name: "skiffd", dependencies: [
+            "Skiffd", "SkiffAPI",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "OpenAPIAsyncHTTPClient", package: "swift-openapi-async-http-client"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        ]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
         .testTarget(name: "X86EmulatorTests", dependencies: ["X86Emulator"]),
         .testTarget(name: "ApplianceTests", dependencies: ["Appliance"]),
         .testTarget(name: "SkiffTests", dependencies: ["Appliance", "Machine", "SkiffControl"]),
+        .testTarget(name: "SkiffdTests", dependencies: ["Skiffd"]),
     ]
 )
 

@@ -4,7 +4,7 @@ import Glibc
 /// The VMM's own cgroup v2 (`skiff/<name>` under the unified hierarchy),
 /// so that what it uses can be read and limited apart from other VMs.
 /// Hosts whose cgroup v2 hierarchy is missing run the VMM without one.
-struct Cgroup: Sendable {
+public struct Cgroup: Sendable {
     /// Where cgroup v2 may be mounted: alone, or beside v1 (hybrid).
     static let mountPoints = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
 
@@ -32,4 +32,29 @@ struct Cgroup: Sendable {
 
     /// Removes it once every process in it has gone.
     func remove() { rmdir(path) }
+
+    /// A name skiffd may give (`skiff run --cgroup NAME`): one path
+    /// component, nothing a path could escape with.
+    public static func isValidName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard !bytes.isEmpty, bytes.count <= 128, bytes[0] != UInt8(ascii: ".") else { return false }
+        return bytes.allSatisfy { b in
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b == 0x2d || b == 0x5f || b == 0x2e
+        }
+    }
+
+    /// cgroup v1 hierarchies (a hybrid host's controllers) whose
+    /// `skiff/<name>` skiffd made: the caller joins each, so that the VM's
+    /// every process is counted and limited there (v2 is the jail's own).
+    public static let v1Controllers = ["cpu", "cpuacct", "memory", "blkio"]
+
+    public static func joinV1(name: String) -> Bool {
+        for controller in v1Controllers {
+            let cgroup = Cgroup(path: "/sys/fs/cgroup/\(controller)/skiff/\(name)")
+            var st = stat()
+            guard stat(cgroup.path, &st) == 0 else { continue }
+            guard cgroup.join() else { return false }
+        }
+        return true
+    }
 }

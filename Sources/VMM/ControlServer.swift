@@ -162,7 +162,7 @@ private struct ServeLoop {
             case .status: return .ok(machine.isPaused ? "paused" : "running")
             case .pause: try machine.pause(); return .ok("paused")
             case .resume: try machine.resume(); return .ok("running")
-            case .stop: machine.stop(.signal(SIGTERM)); return .ok("stopping")
+            case .stop: machine.stop(.requested); return .ok("stopping")
             case .snapshot(let directory, let diff):
                 // The files the client made for it (the VMM opens no path).
                 let n = SnapshotFiles.count

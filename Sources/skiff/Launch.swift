@@ -23,6 +23,15 @@ func launch(_ base: VMConfiguration, snapshot: SnapshotImage?, options: RunOptio
         v.socketPath = absolute(v.socketPath)
         config.vsock = v
     }
+    if let name = options.cgroup, !Cgroup.joinV1(name: name) {
+        fail("--cgroup \(name): cannot join its cgroup v1 hierarchies: \(String(cString: strerror(errno)))", status: 1)
+    }
+    // The stop reason (written by the VMM, jailed or not) and then the
+    // exit status (by this process) go here, for a manager that may not be
+    // this process's parent by the time the VM ends.
+    let exitFile: Int32 = options.exitFile.map { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) } ?? -1
+    if let path = options.exitFile, exitFile < 0 { fail("--exit-file \(path): \(String(cString: strerror(errno)))", status: 2) }
+    ExitFile.fd = exitFile
     let resources: HostResources
     let network = HostNetwork()
     // The VM's snapshots are sealed for exactly the resources opened here.
@@ -52,7 +61,18 @@ func launch(_ base: VMConfiguration, snapshot: SnapshotImage?, options: RunOptio
     }
     network.tearDown()
     resources.removeSockets()
+    ExitFile.write("status \(status)\n")
     exit(status)
+}
+
+/// `--exit-file`: `reason TEXT` (from the VMM) and `status N` lines.
+enum ExitFile {
+    nonisolated(unsafe) static var fd: Int32 = -1
+    static func write(_ line: String) {
+        guard fd >= 0 else { return }
+        var bytes = Array(line.utf8)
+        _ = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+    }
 }
 
 /// Runs the VMM in a jail and waits for it; its exit status.
@@ -60,7 +80,7 @@ func runJailed(_ config: VMConfiguration, resources: HostResources, snapshot: Sn
     var jail = Jail()
     jail.uid = options.jailUID
     jail.gid = options.jailGID
-    jail.keep = resources.descriptors + (snapshot?.layers.map(\.fd) ?? [])
+    jail.keep = resources.descriptors + (snapshot?.layers.map(\.fd) ?? []) + (ExitFile.fd >= 0 ? [ExitFile.fd] : [])
     if let v = config.vsock { jail.binds = [directory(of: v.socketPath)] }
     // Signals for the VMM are taken here (blocked before the fork, so none
     // is lost in between) and passed on.
@@ -72,7 +92,7 @@ func runJailed(_ config: VMConfiguration, resources: HostResources, snapshot: Sn
     let terminal = TerminalState(fd: STDIN_FILENO)
     let vmm: JailedVMM
     do {
-        vmm = try jail.spawn(name: "vm-\(getpid())", prepare: {
+        vmm = try jail.spawn(name: options.cgroup ?? "vm-\(getpid())", prepare: {
             // The VMM's own pagemap, while it can still see /proc.
             MemoryFile.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
             return MemoryFile.pagemap >= 0 ? [MemoryFile.pagemap] : []
@@ -105,6 +125,7 @@ func runJailed(_ config: VMConfiguration, resources: HostResources, snapshot: Sn
     terminal.restore()
     let code = status ?? 1
     if code > 128 {
+        ExitFile.write("reason the VMM was killed by signal \(code - 128)\n")
         var line = Array("skiff: the VMM was killed by signal \(code - 128)\n".utf8)
         _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
         return 1
@@ -123,6 +144,7 @@ func runMachine(_ config: VMConfiguration, resources: HostResources, snapshot: S
         let machine = try VirtualMachine(config, resources: resources, restoring: snapshot,
                                          consoleOutput: try ConsoleOutput.standardOutput().write)
         let reason = try machine.run(startPaused: options.paused, mainSpawnsProcesses: mainSpawnsProcesses)
+        ExitFile.write("reason \(reason.description)\n")
         if reason.exitStatus != 0 || { if case .reset = reason { return false }; return true }() {
             report(reason.description)
             return reason.exitStatus
@@ -130,9 +152,11 @@ func runMachine(_ config: VMConfiguration, resources: HostResources, snapshot: S
         return 0
     } catch let e as UserInputError {
         report(e.description)
+        ExitFile.write("reason \(e.description)\n")
         return 2
     } catch {
         report("\(error)")
+        ExitFile.write("reason \(error)\n")
         return 1
     }
 }

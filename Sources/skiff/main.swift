@@ -17,6 +17,7 @@ usage: skiff run [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--cpus N]
                  [--vsock cid=N,socket=PATH]
                  [--balloon [size=MIB][,no-deflate-on-oom][,no-reporting]]
                  [--control-socket PATH] [--track-dirty-pages]
+                 [--exit-file PATH] [--cgroup NAME]   (for skiffd)
        skiff restore SNAPSHOT [--control-socket PATH] [--paused] [--track-dirty-pages]
                  [--net ...]... [--vsock ...]   (these replace the saved ones)
        skiff clone SNAPSHOT -n N [--output-dir DIR]
@@ -64,6 +65,11 @@ struct RunOptions {
     var jailGID: gid_t = 65534
     var seccomp = true
     var seccompViolation: Seccomp.Role?
+    /// Where the stop reason and exit status are written when the VM ends
+    /// (for skiffd, which may not be this process's parent by then).
+    var exitFile: String?
+    /// The VM's cgroup under `skiff/`, made and configured by skiffd.
+    var cgroup: String?
     /// Every option given, by name (restore accepts only some).
     var given: [String] = []
 
@@ -115,6 +121,11 @@ struct RunOptions {
             case "--net": nets.append(try Self.net(try v(), index: nets.count))
             case "--balloon": balloon = try Self.balloon(try v())
             case "--control-socket": controlSocket = try v()
+            case "--exit-file": exitFile = try v()
+            case "--cgroup":
+                let s = try v()
+                guard Cgroup.isValidName(s) else { throw ConfigurationError("--cgroup \(s): a name of letters, digits, '-', '_' and '.', not starting with '.'") }
+                cgroup = s
             case "--jail-uid", "--jail-gid":
                 let s = try v()
                 guard let n = UInt32(s), n != 0, n != UInt32.max else { throw ConfigurationError("\(flag) \(s): not an unprivileged id") }
@@ -244,7 +255,7 @@ func restore(_ args: ArraySlice<String>) -> Never {
     guard let directory = args.first, !directory.hasPrefix("-") else { fail("usage: skiff restore SNAPSHOT [options]", status: 2) }
     let options: RunOptions
     do { options = try RunOptions(args.dropFirst()) } catch { fail(error.description, status: 2) }
-    let restoreOptions = ["--disk", "--net", "--vsock", "--control-socket", "--paused", "--track-dirty-pages", "--clone-index",
+    let restoreOptions = ["--disk", "--net", "--vsock", "--control-socket", "--paused", "--track-dirty-pages", "--clone-index", "--exit-file", "--cgroup",
                           "--no-jail", "--jail-uid", "--jail-gid", "--no-seccomp", "--test-seccomp-violation"]
     guard options.given.allSatisfy(restoreOptions.contains) else {
         fail("skiff restore: the snapshot fixes the kernel, memory, CPUs and devices; only --disk, --net, --vsock, --control-socket, --paused and --track-dirty-pages may be given", status: 2)
@@ -279,15 +290,22 @@ func restore(_ args: ArraySlice<String>) -> Never {
 }
 
 let args = CommandLine.arguments.dropFirst()
+/// `skiff pause SOCKET` (a VM's control socket) or `skiff pause NAME` (skiffd's VM).
+func isSocketPath(_ args: ArraySlice<String>) -> Bool { args.dropFirst().first?.contains("/") == true }
 switch args.first {
 case "run":
     run(args.dropFirst())
 case "restore":
     restore(args.dropFirst())
+case "clone" where args.dropFirst().first.map(Manager.isDirectory) == false:
+    Manager.handOver(args) // a VM of skiffd's, by name
 case "clone":
     Clone.main(args.dropFirst())
-case "pause", "resume", "status", "snapshot":
-    ControlClient.main(args)
+case "pause" where isSocketPath(args), "resume" where isSocketPath(args), "status", "snapshot" where isSocketPath(args):
+    ControlClient.main(args) // a VM's control socket, by path
+case "ps", "create", "start", "stop", "kill", "pause", "resume", "rm", "logs", "inspect", "snapshot", "usage", "events":
+    Manager.handOver(args)
+
 case "kernel":
     switch args.dropFirst().first {
     case "build", "path":
@@ -299,7 +317,9 @@ case "initramfs":
     guard args.dropFirst().first == "path" else { fail("usage: skiff initramfs path", status: 2) }
     do { print(try DefaultGuest.initramfsPath()) } catch { fail("\(error)", status: 1) }
 case "-h", "--help", "help":
-    print(usage)
+    print(usage + Manager.usage)
+case "--version", "version":
+    print("skiff \(Manager.version)")
 case nil:
     fail("no command given\n" + usage, status: 2)
 default:

@@ -6,6 +6,8 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
     case powerOff
     /// Stopped from the host (SIGTERM, SIGINT).
     case signal(Int32)
+    /// Asked to stop through the control socket (`stop`, as skiffd does).
+    case requested
     /// The guest triple-faulted: a reset on a PC, reported as such.
     case tripleFault(vcpu: UInt32)
     /// The guest's kernel reported a crash to the hypervisor.
@@ -18,7 +20,7 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
     /// `skiff run`'s exit status: 0 for an orderly stop.
     public var exitStatus: Int32 {
         switch self {
-        case .reset, .powerOff, .signal, .tripleFault: 0
+        case .reset, .powerOff, .signal, .requested, .tripleFault: 0
         case .guestCrash, .emulationFailure, .kvmError: 1
         }
     }
@@ -27,6 +29,7 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .reset(let how): "guest reset (\(how))"
         case .powerOff: "guest powered off"
+        case .requested: "stopped on request (control socket)"
         case .signal(let s): "stopped by signal \(s == 15 ? "SIGTERM" : s == 2 ? "SIGINT" : String(s))"
         case .tripleFault(let v): "guest triple-faulted on vCPU \(v) (a reset)"
         case .guestCrash: "guest reported a crash"

@@ -1,0 +1,85 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import OpenAPIRuntime
+
+/// Every error that reaches the router (an unknown path, a body that does
+/// not decode or match the schema, a missing token, a body too large)
+/// becomes a problem document with a 4xx status; only a fault of skiffd's
+/// own is a 500.
+struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do { return try await next(request, context) } catch let e as HTTPError {
+            let detail: String
+            switch e.status {
+            case .notFound: detail = "no such path: \(request.uri.path) (the API is under /v1; see openapi.yaml)"
+            case .methodNotAllowed: detail = "\(request.method) is not allowed on \(request.uri.path)"
+            case .contentTooLarge: detail = "the request body is over \(Daemon.maxBody) bytes"
+            default: detail = e.body ?? e.status.reasonPhrase
+            }
+            return Self.problem(e.status, detail, headers: e.headers)
+        } catch let e as ServerError {
+            // The request did not match the document: bad JSON, an unknown
+            // field, a wrong type, a missing parameter or content type.
+            var cause = "\(e.underlyingError)"
+            if let d = e.underlyingError as? DecodingError { cause = Self.describe(d) }
+            return Self.problem(.badRequest, "\(e.causeDescription): \(cause)".prefix(2000).description)
+        } catch let e as ManagerError {
+            return Self.problem(.init(code: e.status), e.description)
+        } catch {
+            return Self.problem(.internalServerError, "\(error)")
+        }
+    }
+
+    static func problem(_ status: HTTPResponse.Status, _ detail: String, headers: HTTPFields = [:]) -> Response {
+        let doc: [String: Any] = ["type": "about:blank", "title": status.reasonPhrase, "status": status.code, "detail": detail]
+        let data = (try? JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys])) ?? Data()
+        var fields = headers
+        fields[.contentType] = "application/problem+json"
+        return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    static func describe(_ e: DecodingError) -> String {
+        func path(_ c: DecodingError.Context) -> String {
+            let p = c.codingPath.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()
+            return p.isEmpty ? "the body" : String(p.drop { $0 == "." })
+        }
+        switch e {
+        case .typeMismatch(let t, let c): return "\(path(c)): expected \(t): \(c.debugDescription)"
+        case .valueNotFound(let t, let c): return "\(path(c)): missing \(t)"
+        case .keyNotFound(let k, let c): return "\(path(c)): missing field '\(k.stringValue)'"
+        case .dataCorrupted(let c): return "\(path(c)): \(c.debugDescription)"
+        @unknown default: return "\(e)"
+        }
+    }
+}
+
+/// TCP clients must send `Authorization: Bearer <token>` (compared in
+/// constant time); the Unix socket's permissions stand in for it there.
+struct BearerMiddleware<Context: RequestContext>: RouterMiddleware {
+    let token: String
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let given = request.headers[.authorization] ?? ""
+        let expected = "Bearer " + token
+        var diff = UInt8(given.utf8.count == expected.utf8.count ? 0 : 1)
+        for (a, b) in zip(given.utf8, expected.utf8) { diff |= a ^ b }
+        guard diff == 0 else {
+            throw HTTPError(.unauthorized, headers: [.wwwAuthenticate: "Bearer"],
+                            message: given.isEmpty ? "send Authorization: Bearer <token> (skiffd --token-file)" : "the bearer token is wrong")
+        }
+        return try await next(request, context)
+    }
+}
+
+/// Bodies are collected up to `Daemon.maxBody` before anything reads them.
+struct BodyLimitMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var request = request
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > Daemon.maxBody {
+            throw HTTPError(.contentTooLarge)
+        }
+        _ = try await request.collectBody(upTo: Daemon.maxBody)
+        return try await next(request, context)
+    }
+}

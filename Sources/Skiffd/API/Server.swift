@@ -1,0 +1,131 @@
+import Foundation
+import Glibc
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import OpenAPIHummingbird
+import OpenAPIRuntime
+import ServiceLifecycle
+import SkiffAPI
+
+/// skiffd: the REST API on a Unix socket (root and the `skiff` group) and,
+/// when configured, on TCP with a bearer token; the reconcile loop and the
+/// meter beside it. VMs are not children skiffd waits on: they keep
+/// running when it stops, and the next skiffd adopts them.
+public struct Daemon: Sendable {
+    public struct Options: Sendable {
+        public var stateDirectory = "/var/lib/skiff"
+        public var socket = "/run/skiff/skiffd.sock"
+        public var skiff = "/usr/bin/skiff"
+        /// `host:port` to listen on with bearer tokens, or nil.
+        public var tcp: String?
+        /// A file holding the bearer token TCP clients must send.
+        public var tokenFile: String?
+        public init() {}
+    }
+
+    /// Request bodies larger than this are refused (413).
+    public static let maxBody = 1 << 20
+
+    public static func run(_ options: Options) async throws {
+        var logger = Logger(label: "skiffd")
+        logger.logLevel = .info
+        try makeDirectories(options.stateDirectory + "/vms", mode: 0o700)
+        let socketDirectory = (options.socket as NSString).deletingLastPathComponent
+        try makeDirectories(socketDirectory, mode: 0o750)
+        if let g = getgrnam("skiff") { chown(socketDirectory, 0, g.pointee.gr_gid) }
+        try claimSocket(options.socket)
+
+        let store = try Store(path: options.stateDirectory + "/skiffd.sqlite")
+        let manager = Manager(store: store, stateDirectory: options.stateDirectory, skiff: options.skiff, logger: logger)
+        let report = try await manager.recover()
+        logger.info("skiffd \(Handler.version): state \(options.stateDirectory), \(report)")
+
+        var services: [any Service] = [ReconcileService(manager: manager, logger: logger)]
+        services.append(try application(manager, address: .unixDomainSocket(path: options.socket), token: nil, logger: logger,
+                                        onRunning: { permitSocket(options.socket) }))
+        if let tcp = options.tcp {
+            guard let file = options.tokenFile, let token = try? String(contentsOfFile: file, encoding: .utf8)
+                .trimmingCharacters(in: .whitespacesAndNewlines), token.utf8.count >= 16 else {
+                throw ManagerError.invalid("--tcp needs --token-file with a token of at least 16 characters")
+            }
+            let parts = tcp.split(separator: ":")
+            guard parts.count == 2, let port = Int(parts[1]) else { throw ManagerError.invalid("--tcp \(tcp): give HOST:PORT") }
+            services.append(try application(manager, address: .hostname(String(parts[0]), port: port), token: token, logger: logger, onRunning: {}))
+        }
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        unlink(options.socket)
+    }
+
+    static func application(_ manager: Manager, address: BindAddress, token: String?, logger: Logger,
+                            onRunning: @escaping @Sendable () -> Void) throws -> some Service {
+        let router = Router()
+        router.add(middleware: ProblemMiddleware())
+        if let token { router.add(middleware: BearerMiddleware(token: token)) }
+        router.add(middleware: BodyLimitMiddleware())
+        try Handler(manager: manager).registerHandlers(on: router, serverURL: URL(string: "/v1")!)
+        router.get("/metrics") { _, _ in
+            let text = try await manager.prometheusText()
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))
+        }
+        return Application(router: router, configuration: .init(address: address, serverName: "skiffd"),
+                           onServerRunning: { _ in onRunning() }, logger: logger)
+    }
+
+    /// A socket file of a skiffd that is gone is replaced; one a live skiffd listens on is not.
+    static func claimSocket(_ path: String) throws {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        guard st.st_mode & S_IFMT == S_IFSOCK else { throw ManagerError.invalid("\(path) exists and is not a socket: move it away") }
+        if (try? ControlChannelProbe.connects(path)) == true { throw ManagerError.conflict("another skiffd is listening on \(path)") }
+        unlink(path)
+    }
+
+    /// Root and the `skiff` group only (the directory is 0750 as well).
+    static func permitSocket(_ path: String) {
+        if let g = getgrnam("skiff") { chown(path, 0, g.pointee.gr_gid) }
+        chmod(path, 0o660)
+    }
+
+    static func makeDirectories(_ path: String, mode: mode_t) throws {
+        var prefix = ""
+        for part in path.split(separator: "/") {
+            prefix += "/" + part
+            guard mkdir(prefix, 0o755) == 0 || errno == EEXIST else { throw ManagerError.internal("\(prefix): \(String(cString: strerror(errno)))") }
+        }
+        chmod(path, mode)
+    }
+}
+
+enum ControlChannelProbe {
+    static func connects(_ path: String) throws -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &address.sun_path) { p in p.copyBytes(from: bytes); p[bytes.count] = 0 }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        } == 0
+    }
+}
+
+/// The reconcile loop and the meter, as a service of the group.
+struct ReconcileService: Service {
+    let manager: Manager
+    let logger: Logger
+    func run() async throws {
+        var tick = 0
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do { try await manager.reconcile() } catch { logger.error("reconcile: \(error)") }
+            if tick % 5 == 0 { do { try await manager.meterTick() } catch { logger.error("meter: \(error)") } }
+            tick += 1
+            try? await Task.sleep(nanoseconds: 200_000_000)
+        }
+    }
+}

@@ -1,0 +1,98 @@
+import CSkiffd
+import Foundation
+import Glibc
+
+/// A VM's process tree as skiffd sees it: the launcher (`skiff run`, which
+/// skiffd starts in a session of its own, so that it outlives skiffd) ->
+/// the jail's keeper -> the VMM. skiffd finds them again after a restart
+/// by pid and start time, and learns how a VM ended from its exit file
+/// (written by the launcher), not from wait(), since it may not be the
+/// launcher's parent by then.
+enum VMProcess {
+    struct Identity: Equatable, Sendable {
+        let pid: pid_t
+        /// Clock ticks since boot: /proc/PID/stat field 22.
+        let start: Int64
+    }
+
+    /// Starts `skiff ARGS` with its console (stdout and stderr) appended to
+    /// `console`, stdin from /dev/null, in a new session, with no
+    /// descriptor of skiffd's.
+    static func spawn(skiff: String, arguments: [String], console: String) throws -> Identity {
+        let argv = ([skiff] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let environment = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"] + ["SKIFF_CACHE", "SKIFF_KVM_DEVICE", "HOME"].compactMap { k in
+            ProcessInfo.processInfo.environment[k].map { "\(k)=\($0)" }
+        }
+        let envp = environment.map { strdup($0) } + [nil]
+        defer { envp.forEach { free($0) } }
+        let r = cskiffd_spawn(skiff, argv, envp, console, &pid)
+        guard r == 0 else { throw ManagerError.internal("starting \(skiff): \(String(cString: strerror(r)))") }
+        // The start time is read at once: the child exists (a zombie at worst) until reaped.
+        return Identity(pid: pid, start: startTime(pid) ?? 0)
+    }
+
+    /// The process's start time, if it exists.
+    static func startTime(_ pid: pid_t) -> Int64? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        // Fields after the command (which may hold spaces and parentheses): state is field 3.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 19 else { return nil }
+        return Int64(fields[19]) // field 22
+    }
+
+    /// The process state letter (R, S, Z, ...), if it exists.
+    static func state(_ pid: pid_t) -> Character? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        return stat[stat.index(after: close)...].split(separator: " ").first?.first
+    }
+
+    /// The identity still names a live process (not a zombie, not a reused pid).
+    static func isAlive(_ id: Identity) -> Bool {
+        guard let s = state(id.pid), s != "Z", s != "X" else { return false }
+        return startTime(id.pid) == id.start
+    }
+
+    static func children(_ pid: pid_t) -> [pid_t] {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8) else { return [] }
+        return text.split(separator: " ").compactMap { pid_t($0) }
+    }
+
+    /// Every process of the VM below its launcher (keeper, VMM), deepest last.
+    static func descendants(_ pid: pid_t) -> [pid_t] {
+        var all: [pid_t] = []
+        var frontier = [pid]
+        while let p = frontier.popLast() {
+            for c in children(p) { all.append(c); frontier.append(c) }
+        }
+        return all
+    }
+
+    /// How the VM ended, from its exit file: the launcher's status and the VMM's reason.
+    static func exitRecord(_ path: String) -> (status: Int?, reason: String?) {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return (nil, nil) }
+        var status: Int?, reason: String?
+        for line in text.split(separator: "\n") {
+            if line.hasPrefix("status ") { status = Int(line.dropFirst(7)) }
+            if line.hasPrefix("reason ") { reason = String(line.dropFirst(7).prefix(1000)) }
+        }
+        return (status, reason)
+    }
+
+    /// Reaps those of `pids` (launchers skiffd started) that have exited;
+    /// their status is read from the exit file instead, which outlives
+    /// skiffd. Returns those reaped. (Only these: Foundation's Process
+    /// waits for its own children.)
+    static func reap(_ pids: Set<pid_t>) -> Set<pid_t> {
+        var reaped: Set<pid_t> = []
+        for pid in pids {
+            var status: Int32 = 0
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid || (r < 0 && errno == ECHILD) { reaped.insert(pid) }
+        }
+        return reaped
+    }
+}

@@ -1,0 +1,343 @@
+import Foundation
+import Glibc
+import Logging
+import SkiffControl
+
+/// The host manager's operations on VMs. Each one writes what it is about
+/// to do to the store (and commits) before doing it, so that a skiffd
+/// killed at any point finds, on restart, rows that explain every process,
+/// directory and cgroup (`Recovery`). One actor: operations on the state
+/// are serialised; the VMs themselves run in their own processes.
+actor Manager {
+    let store: Store
+    let cgroups: Cgroups
+    let stateDirectory: String
+    /// The `skiff` binary that runs each VM.
+    let skiff: String
+    let logger: Logger
+    let host: HostCapacity
+
+    /// VMs with an operation in flight (a snapshot, a delete): others on them wait or are refused.
+    var busy: [String: String] = [:]
+    /// When a stopping VM is killed if it has not stopped.
+    var stopDeadlines: [String: Date] = [:]
+    var meter = Meter()
+    /// Launchers this skiffd started (its children, to be reaped).
+    var children: Set<pid_t> = []
+
+    init(store: Store, stateDirectory: String, skiff: String, logger: Logger) {
+        self.store = store
+        self.cgroups = Cgroups.detect()
+        self.stateDirectory = stateDirectory
+        self.skiff = skiff
+        self.logger = logger
+        self.host = HostCapacity.read()
+    }
+
+    func directory(_ vm: VMRecord) -> VMDirectory { VMDirectory(path: stateDirectory + "/vms/" + vm.id) }
+    static func cgroupName(_ vm: VMRecord) -> String { "vm-" + vm.id }
+
+    // MARK: create
+
+    struct CreateRequest: Sendable {
+        var name: String
+        var labels: [String: String] = [:]
+        var spec: VMSpec
+        var restartPolicy: RestartPolicy = .no
+        var start = true
+    }
+
+    func create(_ r: CreateRequest) throws -> VMRecord {
+        if let p = Names.problem(r.name) { throw ManagerError.invalid(p) }
+        try validate(r.spec)
+        guard r.labels.count <= 64 else { throw ManagerError.invalid("at most 64 labels") }
+        for (k, v) in r.labels {
+            guard !k.isEmpty, k.utf8.count <= 63, k.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: "=") && $0 != UInt8(ascii: ",") }) else {
+                throw ManagerError.invalid("label key '\(k.prefix(80))': 1 to 63 printable characters, no '=', ',' or space")
+            }
+            guard v.utf8.count <= 256, !v.utf8.contains(where: { $0 < 0x20 || $0 == 0x7f }) else {
+                throw ManagerError.invalid("label \(k): the value has a control character or more than 256 bytes")
+            }
+        }
+        guard busy[r.name] == nil else { throw ManagerError.conflict("a VM named \(r.name) is being \(busy[r.name]!)") }
+        if try store.vm(named: r.name) != nil { throw ManagerError.conflict("a VM named \(r.name) exists already; pick another name or delete it first") }
+        if r.start { try admit(r.spec, excluding: nil) }
+        let now = Int64(Date().timeIntervalSince1970)
+        let vm = VMRecord(id: Self.newID(), name: r.name, spec: try JSON.encode(r.spec), labels: try JSON.encode(r.labels),
+                          restartPolicy: r.restartPolicy.rawValue, desired: (r.start ? DesiredState.running : .stopped).rawValue,
+                          observed: VMState.created.rawValue, pid: nil, pidStart: nil, exitStatus: nil, stopReason: nil,
+                          restarts: 0, restartAt: nil, createdAt: now, startedAt: nil, stoppedAt: nil, generation: 0)
+        // The row first (its name is unique in the database too: two
+        // creates of one name cannot both get here), then the directory.
+        do { try store.db.write { try vm.insert($0) } } catch {
+            throw ManagerError.conflict("a VM named \(r.name) exists already; pick another name or delete it first")
+        }
+        try makeDirectory(directory(vm).path)
+        try makeDirectory(directory(vm).snapshots)
+        store.event(vm.name, "created")
+        if r.start { return try launch(vm) }
+        return vm
+    }
+
+    func validate(_ s: VMSpec) throws {
+        guard (1...254).contains(s.cpus) else { throw ManagerError.invalid("cpus \(s.cpus): between 1 and 254") }
+        guard s.memoryMiB >= 2, s.memoryMiB <= host.memoryMiB else {
+            throw ManagerError.invalid("memoryMiB \(s.memoryMiB): between 2 and the host's \(host.memoryMiB)")
+        }
+        func file(_ path: String, _ what: String) throws {
+            guard path.hasPrefix("/"), !path.utf8.contains(0), !path.split(separator: "/").contains("..") else {
+                throw ManagerError.invalid("\(what) \(path.prefix(200)): give an absolute path without '..'")
+            }
+            var st = stat()
+            guard stat(path, &st) == 0 else { throw ManagerError.invalid("\(what) \(path.prefix(200)): \(String(cString: strerror(errno)))") }
+        }
+        if let k = s.kernel { try file(k, "kernel") }
+        if let i = s.initrd { try file(i, "initrd") }
+        if let c = s.cmdline, c.utf8.contains(where: { $0 < 0x20 }) { throw ManagerError.invalid("cmdline: has a control character") }
+        for d in s.disks { try file(d.path, "disk") }
+        if let snap = s.snapshot { try file(snap + "/state", "snapshot") }
+        let r = s.resources
+        if let w = r.cpuShares, !(1...10_000).contains(w) { throw ManagerError.invalid("cpuShares \(w): between 1 and 10000") }
+        if let l = r.cpuLimit, !(l >= 0.01 && l <= Double(host.cpus)) { throw ManagerError.invalid("cpuLimit \(l): between 0.01 and the host's \(host.cpus) CPUs") }
+        if let m = r.memoryLimitMiB, m < s.memoryMiB { throw ManagerError.invalid("memoryLimitMiB \(m): below the guest's memory (\(s.memoryMiB) MiB); the VM would be killed") }
+        if let c = r.cpuReservation, let l = r.cpuLimit, c > l { throw ManagerError.invalid("cpuReservation \(c) is above cpuLimit \(l)") }
+        if let m = r.memoryReservationMiB, let l = r.memoryLimitMiB, m > l { throw ManagerError.invalid("memoryReservationMiB \(m) is above memoryLimitMiB \(l)") }
+    }
+
+    /// vSphere's admission control: the reservations of every VM that
+    /// should run, with this one, must fit the host.
+    func admit(_ s: VMSpec, excluding id: String?) throws {
+        var cpu = s.resources.cpuReservation ?? 0, memory = s.resources.memoryReservationMiB ?? 0
+        for vm in try store.vms() where vm.id != id && vm.desired != DesiredState.stopped.rawValue {
+            guard let other = try? JSON.decode(VMSpec.self, vm.spec) else { continue }
+            cpu += other.resources.cpuReservation ?? 0
+            memory += other.resources.memoryReservationMiB ?? 0
+        }
+        guard cpu <= Double(host.cpus) + 1e-9 else {
+            throw ManagerError.insufficient("CPU reservations would total \(cpu) of this host's \(host.cpus) CPUs: lower cpuReservation or stop another VM")
+        }
+        guard memory <= host.memoryMiB else {
+            throw ManagerError.insufficient("memory reservations would total \(memory) MiB of this host's \(host.memoryMiB) MiB: lower memoryReservationMiB or stop another VM")
+        }
+    }
+
+    // MARK: start
+
+    func start(_ name: String) throws -> VMRecord {
+        let vm = try existing(name)
+        try idle(name)
+        let state = VMState(rawValue: vm.observed) ?? .exited
+        guard !state.isActive else { throw ManagerError.conflict("\(name) is \(state.rawValue) already") }
+        try admit(try JSON.decode(VMSpec.self, vm.spec), excluding: vm.id)
+        guard let updated = try store.update(name, { $0.desired = DesiredState.running.rawValue; $0.restarts = 0 }) else { throw ManagerError.notFound("no VM named \(name)") }
+        return try launch(updated)
+    }
+
+    /// Starts the VM's process: the row says `starting` (committed) before
+    /// the process exists, and gets its pid after.
+    func launch(_ vm: VMRecord) throws -> VMRecord {
+        let spec = try JSON.decode(VMSpec.self, vm.spec)
+        let dir = directory(vm)
+        let cgroup = cgroups.backend == .none ? nil : Self.cgroupName(vm)
+        guard let starting = try store.update(vm.name, {
+            $0.observed = VMState.starting.rawValue
+            $0.pid = nil; $0.pidStart = nil
+            $0.exitStatus = nil; $0.stopReason = nil
+            $0.restartAt = nil
+            $0.startedAt = Int64(Date().timeIntervalSince1970)
+            $0.stoppedAt = nil
+            $0.generation += 1
+        }) else { throw ManagerError.notFound("no VM named \(vm.name)") }
+        unlink(dir.exitFile)
+        unlink(dir.controlSocket)
+        do {
+            if let cgroup { try cgroups.prepare(cgroup, spec.resources) }
+            try Console.rotate(dir.console)
+            let id = try VMProcess.spawn(skiff: skiff, arguments: spec.arguments(directory: dir, cgroup: cgroup), console: dir.console)
+            children.insert(id.pid)
+            let running = try store.update(vm.name) { $0.pid = Int64(id.pid); $0.pidStart = id.start } ?? starting
+            store.event(vm.name, starting.generation > 1 ? "restarted" : "started", "pid \(id.pid)")
+            return running
+        } catch {
+            try store.update(vm.name) {
+                $0.observed = VMState.exited.rawValue
+                $0.stopReason = "could not start: \(error)"
+                $0.stoppedAt = Int64(Date().timeIntervalSince1970)
+            }
+            throw error
+        }
+    }
+
+    // MARK: stop, kill, pause, resume
+
+    func stop(_ name: String, timeoutSeconds: Int) throws -> VMRecord {
+        let vm = try existing(name)
+        try idle(name)
+        guard let updated = try store.update(name, { v in
+            v.desired = DesiredState.stopped.rawValue
+            v.restartAt = nil
+            if VMState(rawValue: v.observed)?.isActive == true { v.observed = VMState.stopping.rawValue }
+        }) else { throw ManagerError.notFound("no VM named \(name)") }
+        guard VMState(rawValue: vm.observed)?.isActive == true else { return updated }
+        stopDeadlines[name] = Date().addingTimeInterval(Double(timeoutSeconds))
+        if (try? ControlChannel.request(.stop, socket: directory(vm).controlSocket, timeoutMs: 2000)) == nil {
+            // Still starting (no socket yet), or wedged: the launcher passes SIGTERM on.
+            if let id = identity(vm) { _ = Glibc.kill(id.pid, SIGTERM) }
+        }
+        store.event(name, "stopping")
+        return updated
+    }
+
+    func kill(_ name: String) throws -> VMRecord {
+        let vm = try existing(name)
+        guard let updated = try store.update(name, { v in
+            v.desired = DesiredState.stopped.rawValue
+            v.restartAt = nil
+            if VMState(rawValue: v.observed)?.isActive == true { v.observed = VMState.stopping.rawValue }
+        }) else { throw ManagerError.notFound("no VM named \(name)") }
+        if let id = identity(vm) { Self.killTree(id) }
+        store.event(name, "killed")
+        return updated
+    }
+
+    /// SIGKILL to the VMM (below the launcher, which then undoes the host
+    /// side and writes the exit file), or to the launcher if it has none.
+    static func killTree(_ id: VMProcess.Identity) {
+        let below = VMProcess.descendants(id.pid)
+        if below.isEmpty { _ = Glibc.kill(id.pid, SIGKILL) } else { for p in below.reversed() { Glibc.kill(p, SIGKILL) } }
+    }
+
+    func pause(_ name: String) throws -> VMRecord { try control(name, .pause, from: .running, to: .paused, desired: .paused, event: "paused") }
+    func resume(_ name: String) throws -> VMRecord { try control(name, .resume, from: .paused, to: .running, desired: .running, event: "resumed") }
+
+    private func control(_ name: String, _ request: ControlRequest, from: VMState, to: VMState, desired: DesiredState, event: String) throws -> VMRecord {
+        let vm = try existing(name)
+        try idle(name)
+        guard vm.observed == from.rawValue else {
+            throw ManagerError.conflict("\(name) is \(vm.observed), not \(from.rawValue)")
+        }
+        try store.update(name) { $0.desired = desired.rawValue }
+        switch try ControlChannel.request(request, socket: directory(vm).controlSocket) {
+        case .ok: break
+        case .error(let text): throw ManagerError.conflict("\(name): \(text)")
+        }
+        store.event(name, event)
+        return try store.update(name) { $0.observed = to.rawValue } ?? vm
+    }
+
+    // MARK: delete
+
+    func delete(_ name: String, force: Bool) async throws {
+        let vm = try existing(name)
+        try idle(name)
+        let active = VMState(rawValue: vm.observed)?.isActive == true
+        guard !active || force else {
+            throw ManagerError.conflict("\(name) is \(vm.observed): stop it first, or delete with force=true to kill it")
+        }
+        let intent = try store.begin("delete", vm: vm.id)
+        busy[name] = "deleted"
+        defer { busy[name] = nil }
+        try store.update(name) { $0.desired = DesiredState.stopped.rawValue; $0.restartAt = nil }
+        if active, let id = identity(vm) {
+            Self.killTree(id)
+            // The launcher undoes its host side and exits; wait for that (bounded).
+            for _ in 0..<100 where VMProcess.isAlive(id) {
+                children.subtract(VMProcess.reap(children))
+                try? await Task.sleep(nanoseconds: 20_000_000)
+            }
+            if VMProcess.isAlive(id) { _ = Glibc.kill(id.pid, SIGKILL) }
+        }
+        try finishDelete(vm)
+        try store.end(intent)
+        store.event(name, "deleted")
+    }
+
+    /// The files, the cgroup, then the rows (also run by `Recovery`).
+    func finishDelete(_ vm: VMRecord) throws {
+        cgroups.remove(Self.cgroupName(vm))
+        try? FileManager.default.removeItem(atPath: directory(vm).path)
+        try store.db.write { db in
+            _ = try VMRecord.deleteOne(db, key: vm.id)
+            try db.execute(sql: "DELETE FROM snapshot WHERE vm = ?", arguments: [vm.name])
+        }
+    }
+
+    // MARK: helpers
+
+    func existing(_ name: String) throws -> VMRecord {
+        if let p = Names.problem(name) { throw ManagerError.invalid(p) }
+        guard let vm = try store.vm(named: name) else { throw ManagerError.notFound("no VM named \(name) (see GET /v1/vms)") }
+        return vm
+    }
+
+    func idle(_ name: String) throws {
+        if let what = busy[name] { throw ManagerError.conflict("\(name) is being \(what); try again when that is done") }
+    }
+
+    func identity(_ vm: VMRecord) -> VMProcess.Identity? {
+        guard let pid = vm.pid, let start = vm.pidStart else { return nil }
+        return VMProcess.Identity(pid: pid_t(pid), start: start)
+    }
+
+    func makeDirectory(_ path: String) throws {
+        guard mkdir(path, 0o700) == 0 || errno == EEXIST else {
+            throw ManagerError.internal("\(path): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    static func newID() -> String {
+        String(UInt64.random(in: 0...UInt64.max), radix: 16).leftPadded(16)
+    }
+}
+
+extension String {
+    func leftPadded(_ n: Int) -> String { count >= n ? self : String(repeating: "0", count: n - count) + self }
+}
+
+enum JSON {
+    static func encode<T: Encodable>(_ v: T) throws -> String {
+        let e = JSONEncoder()
+        e.outputFormatting = .sortedKeys
+        return String(decoding: try e.encode(v), as: UTF8.self)
+    }
+    static func decode<T: Decodable>(_ t: T.Type, _ s: String) throws -> T {
+        try JSONDecoder().decode(t, from: Data(s.utf8))
+    }
+}
+
+/// What this host has, for admission.
+struct HostCapacity: Sendable {
+    let cpus: Int
+    let memoryMiB: Int64
+
+    static func read() -> HostCapacity {
+        let cpus = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        var memory: Int64 = 0
+        if let m = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) {
+            for line in m.split(separator: "\n") where line.hasPrefix("MemTotal:") {
+                memory = (Int64(line.split(separator: " ")[1]) ?? 0) / 1024
+            }
+        }
+        return HostCapacity(cpus: max(cpus, 1), memoryMiB: memory)
+    }
+}
+
+extension Manager {
+    func list() throws -> [VMRecord] { try store.vms() }
+
+    struct HostSummary: Sendable {
+        var cpus: Int, memoryMiB: Int64, reservedCpus: Double, reservedMemoryMiB: Int64, cgroup: String, vms: Int
+    }
+
+    func hostSummary() throws -> HostSummary {
+        let vms = try store.vms()
+        var cpu = 0.0, memory: Int64 = 0
+        for vm in vms where vm.desired != DesiredState.stopped.rawValue {
+            guard let s = try? JSON.decode(VMSpec.self, vm.spec) else { continue }
+            cpu += s.resources.cpuReservation ?? 0
+            memory += s.resources.memoryReservationMiB ?? 0
+        }
+        return HostSummary(cpus: host.cpus, memoryMiB: host.memoryMiB, reservedCpus: cpu, reservedMemoryMiB: memory,
+                           cgroup: cgroups.backend.rawValue, vms: vms.count)
+    }
+}

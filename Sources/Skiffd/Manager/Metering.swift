@@ -1,0 +1,130 @@
+import Foundation
+import GRDB
+
+/// Metering: what each VM uses, accumulated per minute and written to the
+/// `usage` table. CPU is the VM's cgroup's own count (every thread of its
+/// processes: vCPUs and devices); memory is the proportional set size of
+/// its processes (smaps_rollup: pages it shares with other VMs, such as a
+/// clone's snapshot pages, count once across all of them, and pages the
+/// balloon gave back count not at all), integrated over time.
+struct Meter: Sendable {
+    struct Sample: Sendable { var cpuSeconds: Double; var time: Date }
+    /// The last CPU reading per VM (per start: a restarted VM's cgroup counts from zero).
+    var last: [String: Sample] = [:]
+    /// The minute being accumulated, per VM.
+    var current: [String: UsageRecord] = [:]
+
+    mutating func ended(_ vm: String) { last[vm] = nil }
+
+    static func minute(_ d: Date) -> Int64 { Int64(d.timeIntervalSince1970) / 60 * 60 }
+
+    static func empty(_ vm: String, _ minute: Int64) -> UsageRecord {
+        UsageRecord(vm: vm, minute: minute, vcpuSeconds: 0, memoryGiBSeconds: 0, diskReadBytes: 0, diskWriteBytes: 0, diskReadOps: 0,
+                    diskWriteOps: 0, netRxBytes: 0, netTxBytes: 0, secondsRunning: 0, secondsPaused: 0, snapshotBytes: 0)
+    }
+}
+
+extension Manager {
+    /// One sample of every VM's use since the last.
+    func meterTick() throws {
+        let now = Date()
+        let minute = Meter.minute(now)
+        var finished: [UsageRecord] = []
+        for vm in try store.vms() {
+            let state = VMState(rawValue: vm.observed) ?? .exited
+            var u = meter.current[vm.name] ?? Meter.empty(vm.name, minute)
+            if u.minute != minute {
+                finished.append(u)
+                u = Meter.empty(vm.name, minute)
+            }
+            guard state.isActive, let id = identity(vm) else {
+                meter.current[vm.name] = u
+                continue
+            }
+            let cpu = cgroups.cpuSeconds(Self.cgroupName(vm)) ?? Self.cpuSeconds(of: [id.pid] + VMProcess.descendants(id.pid))
+            if let previous = meter.last[vm.name] {
+                let dt = now.timeIntervalSince(previous.time)
+                u.vcpuSeconds += max(0, cpu - previous.cpuSeconds)
+                let pss = Self.proportionalBytes([id.pid] + VMProcess.descendants(id.pid))
+                u.memoryGiBSeconds += Double(pss) / Double(1 << 30) * dt
+                if state == .paused { u.secondsPaused += dt } else { u.secondsRunning += dt }
+            }
+            meter.last[vm.name] = Meter.Sample(cpuSeconds: cpu, time: now)
+            u.snapshotBytes = try store.db.read { try Int64.fetchOne($0, sql: "SELECT COALESCE(SUM(bytes), 0) FROM snapshot WHERE vm = ?", arguments: [vm.name]) } ?? 0
+            meter.current[vm.name] = u
+        }
+        try flush(finished + Array(meter.current.values))
+    }
+
+    /// Writes finished minutes and the one in progress (replaced as it grows).
+    func flush(_ records: [UsageRecord]) throws {
+        guard !records.isEmpty else { return }
+        try store.db.write { db in
+            for r in records where r.vcpuSeconds > 0 || r.secondsRunning > 0 || r.secondsPaused > 0 || r.snapshotBytes > 0 {
+                try r.save(db)
+            }
+        }
+    }
+
+    /// Proportional set size of these processes, in bytes.
+    static func proportionalBytes(_ pids: [pid_t]) -> Int64 {
+        var total: Int64 = 0
+        for pid in pids {
+            guard let text = try? String(contentsOfFile: "/proc/\(pid)/smaps_rollup", encoding: .utf8) else { continue }
+            for line in text.split(separator: "\n") where line.hasPrefix("Pss:") {
+                total += (Int64(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "0") ?? 0) * 1024
+            }
+        }
+        return total
+    }
+
+    /// utime + stime of these processes (no cgroup to ask), in seconds.
+    static func cpuSeconds(of pids: [pid_t]) -> Double {
+        let hz = Double(sysconf(Int32(_SC_CLK_TCK)))
+        var ticks: Double = 0
+        for pid in pids {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { continue }
+            let f = stat[stat.index(after: close)...].split(separator: " ")
+            guard f.count > 12 else { continue }
+            ticks += (Double(f[11]) ?? 0) + (Double(f[12]) ?? 0)
+        }
+        return ticks / hz
+    }
+
+    /// Use per VM over [from, to), from the stored minutes.
+    func usage(from: Int64?, to: Int64?) throws -> [UsageRecord] {
+        try flush(Array(meter.current.values))
+        let lo = from ?? 0, hi = to ?? Int64.max
+        return try store.db.read { db in
+            try UsageRecord.fetchAll(db, sql: """
+                SELECT vm, MIN(minute) AS minute, SUM(vcpuSeconds) AS vcpuSeconds, SUM(memoryGiBSeconds) AS memoryGiBSeconds,
+                       SUM(diskReadBytes) AS diskReadBytes, SUM(diskWriteBytes) AS diskWriteBytes, SUM(diskReadOps) AS diskReadOps,
+                       SUM(diskWriteOps) AS diskWriteOps, SUM(netRxBytes) AS netRxBytes, SUM(netTxBytes) AS netTxBytes,
+                       SUM(secondsRunning) AS secondsRunning, SUM(secondsPaused) AS secondsPaused, MAX(snapshotBytes) AS snapshotBytes
+                FROM usage WHERE minute >= ? AND minute < ? GROUP BY vm ORDER BY vm
+                """, arguments: [lo / 60 * 60, hi])
+        }
+    }
+}
+
+extension Manager {
+    /// The Prometheus exposition, with names in KubeVirt's style
+    /// (`kubevirt_vmi_*` there, `skiff_vm_*` here).
+    func prometheusText() throws -> String {
+        let totals = try usage(from: nil, to: nil)
+        let vms = Dictionary(try store.vms().map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        var out = ""
+        func family(_ name: String, _ type: String, _ help: String, _ value: (UsageRecord) -> Double) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for u in totals { out += "\(name){name=\"\(u.vm)\"} \(value(u))\n" }
+        }
+        family("skiff_vm_vcpu_seconds_total", "counter", "CPU time used by the VM's processes.", { $0.vcpuSeconds })
+        family("skiff_vm_memory_resident_gib_seconds_total", "counter", "Proportional resident memory integrated over time.", { $0.memoryGiBSeconds })
+        family("skiff_vm_running_seconds_total", "counter", "Seconds the VM ran.", { $0.secondsRunning })
+        family("skiff_vm_paused_seconds_total", "counter", "Seconds the VM was paused.", { $0.secondsPaused })
+        family("skiff_vm_snapshot_bytes", "gauge", "Bytes of snapshots stored.", { Double($0.snapshotBytes) })
+        out += "# HELP skiff_vm_info The VM's state.\n# TYPE skiff_vm_info gauge\n"
+        for (name, vm) in vms.sorted(by: { $0.key < $1.key }) { out += "skiff_vm_info{name=\"\(name)\",state=\"\(vm.observed)\"} 1\n" }
+        return out
+    }
+}

@@ -1,0 +1,86 @@
+import Foundation
+import Glibc
+import SkiffControl
+
+extension Manager {
+    /// One pass of the loop that brings observed state to desired state:
+    /// notices VMs that ended (and how, from their exit files), promotes
+    /// starting VMs whose control socket answers, kills those past their
+    /// stop timeout, and restarts what the restart policy says should run.
+    func reconcile() throws {
+        children.subtract(VMProcess.reap(children))
+        let now = Date()
+        for vm in try store.vms() {
+            let state = VMState(rawValue: vm.observed) ?? .exited
+            if state.isActive {
+                guard let id = identity(vm) else {
+                    // Starting, but its pid was never written: skiffd died between
+                    // the row and the spawn's answer (`Recovery` looks for the process).
+                    continue
+                }
+                if !VMProcess.isAlive(id) {
+                    try ended(vm)
+                    continue
+                }
+                if state == .starting, (try? ControlChannel.request(.status, socket: directory(vm).controlSocket, timeoutMs: 200)) != nil {
+                    try store.update(vm.name) { v in
+                        if v.observed == VMState.starting.rawValue { v.observed = VMState.running.rawValue }
+                    }
+                    store.event(vm.name, "running")
+                }
+                if state == .stopping, let deadline = stopDeadlines[vm.name], deadline < now {
+                    Self.killTree(id)
+                    stopDeadlines[vm.name] = nil
+                    store.event(vm.name, "killed", "did not stop within its timeout")
+                }
+                if Console.size(directory(vm).console) > Console.maxBytes { try? Console.rotate(directory(vm).console) }
+            } else if let at = vm.restartAt, at <= now.timeIntervalSince1970, vm.desired == DesiredState.running.rawValue, busy[vm.name] == nil {
+                try store.update(vm.name) { $0.restarts += 1 }
+                if let again = try store.vm(named: vm.name) {
+                    do { _ = try launch(again) } catch { try scheduleRestart(again, failed: true) }
+                }
+            }
+        }
+    }
+
+    /// The VM's process is gone: record how it ended, then apply its restart policy.
+    func ended(_ vm: VMRecord) throws {
+        let record = VMProcess.exitRecord(directory(vm).exitFile)
+        let asked = vm.desired == DesiredState.stopped.rawValue
+        let status = record.status
+        let reason = record.reason ?? (status == nil ? "the VM's process was killed (no exit status recorded)" : "exit status \(status!)")
+        stopDeadlines[vm.name] = nil
+        cgroups.remove(Self.cgroupName(vm))
+        unlink(directory(vm).controlSocket)
+        guard let updated = try store.update(vm.name, { v in
+            v.observed = (asked ? VMState.stopped : VMState.exited).rawValue
+            v.exitStatus = status.map { Int64($0) }
+            v.stopReason = reason
+            v.stoppedAt = Int64(Date().timeIntervalSince1970)
+            v.pid = nil; v.pidStart = nil
+        }) else { return }
+        meter.ended(vm.name)
+        store.event(vm.name, asked ? "stopped" : "exited", "\(reason) (status \(status.map(String.init) ?? "unknown"))")
+        if !asked { try scheduleRestart(updated, failed: status != 0) }
+    }
+
+    /// `always` restarts whatever the status, `on-failure` only after a
+    /// failure, `no` never (the VM is then desired stopped, as it is).
+    /// Backoff doubles from 0.5 s up to 30 s; it starts over once a VM has
+    /// run for 10 s.
+    func scheduleRestart(_ vm: VMRecord, failed: Bool) throws {
+        let policy = RestartPolicy(rawValue: vm.restartPolicy) ?? .no
+        let restart = policy == .always || (policy == .onFailure && failed)
+        guard restart, vm.desired == DesiredState.running.rawValue else {
+            try store.update(vm.name) { $0.desired = DesiredState.stopped.rawValue; $0.restartAt = nil }
+            return
+        }
+        let ranFor = Double((vm.stoppedAt ?? 0) - (vm.startedAt ?? 0))
+        let consecutive = ranFor >= 10 ? 0 : vm.restarts
+        let delay = min(30, 0.5 * pow(2, Double(min(consecutive, 6))))
+        try store.update(vm.name) {
+            $0.restartAt = Date().timeIntervalSince1970 + delay
+            if ranFor >= 10 { $0.restarts = 0 }
+        }
+    }
+}

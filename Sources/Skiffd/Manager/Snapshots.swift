@@ -1,0 +1,109 @@
+import Foundation
+import Glibc
+
+extension Manager {
+    /// A full snapshot through `skiff snapshot SOCKET DIR` (the one client
+    /// that makes the files the VMM writes into). The intent row comes
+    /// first: a skiffd killed during it removes the partial directory on
+    /// restart; the snapshot's row is written once the files are complete.
+    func snapshot(_ name: String, snapshotName: String?) async throws -> SnapshotRecord {
+        let vm = try existing(name)
+        try idle(name)
+        guard vm.observed == VMState.running.rawValue || vm.observed == VMState.paused.rawValue else {
+            throw ManagerError.conflict("\(name) is \(vm.observed): only a running or paused VM can be snapshotted")
+        }
+        let snap = snapshotName ?? "snap-\(Int64(Date().timeIntervalSince1970 * 1000))"
+        if let p = Names.problem(snap, what: "snapshot name") { throw ManagerError.invalid(p) }
+        let exists = try await store.db.read { try SnapshotRecord.filter(key: ["vm": name, "name": snap]).fetchOne($0) != nil }
+        guard !exists else { throw ManagerError.conflict("\(name) has a snapshot named \(snap) already") }
+        let path = directory(vm).snapshot(snap)
+        let intent = try store.begin("snapshot", vm: vm.id, detail: snap)
+        busy[name] = "snapshotted"
+        defer { busy[name] = nil }
+        let result = await Subprocess.run(skiff, ["snapshot", directory(vm).controlSocket, path])
+        guard result.status == 0 else {
+            try? FileManager.default.removeItem(atPath: path)
+            try store.end(intent)
+            throw ManagerError.conflict("snapshot of \(name) failed: \(result.output.trimmingCharacters(in: .whitespacesAndNewlines).suffix(500))")
+        }
+        let record = SnapshotRecord(vm: name, name: snap, path: path, bytes: Self.diskBytes(path), createdAt: Int64(Date().timeIntervalSince1970))
+        try await store.db.write { db in
+            try record.insert(db)
+            _ = try IntentRecord.deleteOne(db, key: intent)
+        }
+        store.event(name, "snapshot", snap)
+        return record
+    }
+
+    func snapshots(_ name: String) throws -> [SnapshotRecord] {
+        _ = try existing(name)
+        return try store.db.read { try SnapshotRecord.filter(sql: "vm = ?", arguments: [name]).order(sql: "createdAt, name").fetchAll($0) }
+    }
+
+    /// N VMs restored from one snapshot of `name` (the newest if none is
+    /// named), each with its own identity (`skiff restore --clone-index`).
+    /// Their rows are written first, then each is started.
+    func clone(_ name: String, count: Int, snapshotName: String?, prefix: String?) throws -> [VMRecord] {
+        let vm = try existing(name)
+        guard (1...1000).contains(count) else { throw ManagerError.invalid("count \(count): between 1 and 1000") }
+        let snaps = try snapshots(name)
+        guard let snap = snapshotName.map({ n in snaps.first { $0.name == n } }) ?? snaps.last else {
+            throw ManagerError.notFound(snapshotName.map { "\(name) has no snapshot named \($0)" } ?? "\(name) has no snapshot: take one first (POST /v1/vms/\(name)/snapshots)")
+        }
+        let base = prefix ?? "\(name)-clone"
+        var spec = try JSON.decode(VMSpec.self, vm.spec)
+        spec.snapshot = snap.path
+        // Clone numbers go on from the VMs already restored from this snapshot.
+        var first = 0
+        for other in try store.vms() {
+            if let s = try? JSON.decode(VMSpec.self, other.spec), s.snapshot == snap.path, let i = s.cloneIndex { first = max(first, i + 1) }
+        }
+        var made: [VMRecord] = []
+        for i in 0..<count {
+            var s = spec
+            s.cloneIndex = first + i
+            let cloneName = "\(base)-\(first + i)"
+            let labels = (try? JSON.decode([String: String].self, vm.labels)) ?? [:]
+            made.append(try create(CreateRequest(name: cloneName, labels: labels, spec: s,
+                                                 restartPolicy: RestartPolicy(rawValue: vm.restartPolicy) ?? .no, start: true)))
+        }
+        return made
+    }
+
+    /// Bytes a snapshot holds on disk (its memory file is sparse).
+    static func diskBytes(_ path: String) -> Int64 {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        var total: Int64 = 0
+        for n in names {
+            var st = stat()
+            if lstat(path + "/" + n, &st) == 0 { total += Int64(st.st_blocks) * 512 }
+        }
+        return total
+    }
+}
+
+/// Runs a short-lived helper (`skiff snapshot`) off the actor's executor.
+enum Subprocess {
+    struct Result: Sendable { let status: Int32; let output: String }
+
+    static func run(_ executable: String, _ arguments: [String]) async -> Result {
+        await withCheckedContinuation { (c: CheckedContinuation<Result, Never>) in
+            Thread.detachNewThread {
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: executable)
+                p.arguments = arguments
+                let pipe = Pipe()
+                p.standardOutput = pipe
+                p.standardError = pipe
+                p.standardInput = FileHandle.nullDevice
+                do { try p.run() } catch {
+                    c.resume(returning: Result(status: 127, output: "\(executable): \(error)"))
+                    return
+                }
+                let data = pipe.fileHandleForReading.readDataToEndOfFile()
+                p.waitUntilExit()
+                c.resume(returning: Result(status: p.terminationStatus, output: String(decoding: data, as: UTF8.self)))
+            }
+        }
+    }
+}

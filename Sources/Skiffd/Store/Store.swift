@@ -1,0 +1,134 @@
+import Foundation
+import GRDB
+
+/// skiffd's state: one SQLite database in WAL mode. Every change is
+/// written (and committed) before skiffd acts on it, so that whatever it
+/// finds on restart explains the processes and files it finds.
+final class Store: Sendable {
+    let db: DatabasePool
+
+    init(path: String) throws {
+        var config = Configuration()
+        config.busyMode = .timeout(5)
+        db = try DatabasePool(path: path, configuration: config)
+        try Self.migrator.migrate(db)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1") { db in
+            try db.create(table: "vm") { t in
+                t.primaryKey("id", .text)
+                t.column("name", .text).notNull().unique()
+                t.column("spec", .text).notNull()
+                t.column("labels", .text).notNull()
+                t.column("restartPolicy", .text).notNull()
+                t.column("desired", .text).notNull()
+                t.column("observed", .text).notNull()
+                t.column("pid", .integer)
+                t.column("pidStart", .integer)
+                t.column("exitStatus", .integer)
+                t.column("stopReason", .text)
+                t.column("restarts", .integer).notNull()
+                t.column("restartAt", .double)
+                t.column("createdAt", .integer).notNull()
+                t.column("startedAt", .integer)
+                t.column("stoppedAt", .integer)
+                t.column("generation", .integer).notNull()
+            }
+            try db.create(table: "intent") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("kind", .text).notNull()
+                t.column("vm", .text).notNull()
+                t.column("detail", .text).notNull()
+                t.column("createdAt", .double).notNull()
+            }
+            try db.create(table: "snapshot") { t in
+                t.column("vm", .text).notNull()
+                t.column("name", .text).notNull()
+                t.column("path", .text).notNull()
+                t.column("bytes", .integer).notNull()
+                t.column("createdAt", .integer).notNull()
+                t.primaryKey(["vm", "name"])
+            }
+            try db.create(table: "event") { t in
+                t.autoIncrementedPrimaryKey("seq")
+                t.column("time", .integer).notNull()
+                t.column("vm", .text).notNull()
+                t.column("kind", .text).notNull()
+                t.column("detail", .text)
+            }
+            try db.create(table: "usage") { t in
+                t.column("vm", .text).notNull()
+                t.column("minute", .integer).notNull()
+                t.column("vcpuSeconds", .double).notNull()
+                t.column("memoryGiBSeconds", .double).notNull()
+                t.column("diskReadBytes", .integer).notNull()
+                t.column("diskWriteBytes", .integer).notNull()
+                t.column("diskReadOps", .integer).notNull()
+                t.column("diskWriteOps", .integer).notNull()
+                t.column("netRxBytes", .integer).notNull()
+                t.column("netTxBytes", .integer).notNull()
+                t.column("secondsRunning", .double).notNull()
+                t.column("secondsPaused", .double).notNull()
+                t.column("snapshotBytes", .integer).notNull()
+                t.primaryKey(["vm", "minute"])
+            }
+        }
+        return m
+    }
+
+    // MARK: VMs
+
+    func vm(named name: String) throws -> VMRecord? {
+        try db.read { try VMRecord.filter(Column("name") == name).fetchOne($0) }
+    }
+
+    func vms() throws -> [VMRecord] {
+        try db.read { try VMRecord.order(Column("name")).fetchAll($0) }
+    }
+
+    func save(_ vm: VMRecord) throws {
+        try db.write { try vm.save($0) }
+    }
+
+    /// Applies `change` to the VM's current row in one transaction; nil if it is gone.
+    @discardableResult
+    func update(_ name: String, _ change: (inout VMRecord) throws -> Void) throws -> VMRecord? {
+        try db.write { db in
+            guard var vm = try VMRecord.filter(Column("name") == name).fetchOne(db) else { return nil }
+            try change(&vm)
+            try vm.update(db)
+            return vm
+        }
+    }
+
+    // MARK: intents
+
+    func begin(_ kind: String, vm: String, detail: String = "") throws -> Int64 {
+        try db.write { db in
+            var i = IntentRecord(id: nil, kind: kind, vm: vm, detail: detail, createdAt: Date().timeIntervalSince1970)
+            try i.insert(db)
+            return db.lastInsertedRowID
+        }
+    }
+
+    func end(_ intent: Int64) throws {
+        _ = try db.write { try IntentRecord.deleteOne($0, key: intent) }
+    }
+
+    func intents() throws -> [IntentRecord] {
+        try db.read { try IntentRecord.order(Column("id")).fetchAll($0) }
+    }
+
+    // MARK: events
+
+    func event(_ vm: String, _ kind: String, _ detail: String? = nil) {
+        let e = EventRecord(seq: nil, time: Int64(Date().timeIntervalSince1970 * 1000), vm: vm, kind: kind, detail: detail)
+        _ = try? db.write { try e.insert($0) }
+    }
+
+    func events(since: Int64, limit: Int = 10_000) throws -> [EventRecord] {
+        try db.read { try EventRecord.filter(Column("seq") > since).order(Column("seq")).limit(limit).fetchAll($0) }
+    }
+}

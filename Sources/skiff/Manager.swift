@@ -1,0 +1,38 @@
+import Glibc
+
+/// The manager's commands (`skiff ps`, `create`, ...) are skiffd's CLI,
+/// which links what this small per-VM binary must not (Foundation, the
+/// HTTP client, the generated API): `skiff` replaces itself with
+/// `skiffd --client ARGS`, found beside this binary or on PATH.
+enum Manager {
+    static let version = "0.10.0"
+
+    static let usage = """
+
+    Manager commands (through skiffd; `skiff COMMAND --help` for each):
+           skiff ps | create NAME | start | stop | kill | pause | resume | rm NAME...
+           skiff logs [-f] NAME | inspect NAME | snapshot VM [NAME] | clone VM -c N
+           skiff usage [--format table|csv|json] | events [-f]
+    """
+
+    static func handOver(_ args: ArraySlice<String>) -> Never {
+        var candidates: [String] = []
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX))
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        if n > 0 {
+            let exe = String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if let slash = exe.utf8.lastIndex(of: UInt8(ascii: "/")) { candidates.append(String(exe[..<slash]) + "/skiffd") }
+        }
+        candidates += ["/usr/bin/skiffd", "/usr/local/bin/skiffd"]
+        let argv = (["skiffd", "--client"] + Array(args)).map { strdup($0) } + [nil]
+        for path in candidates where access(path, X_OK) == 0 {
+            execv(path, argv)
+        }
+        fail("\(args.first!): this is a skiffd command, and no skiffd was found beside skiff or in /usr/bin (install Skiff's package, or build it with `swift build --product skiffd`)", status: 2)
+    }
+
+    static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && st.st_mode & S_IFMT == S_IFDIR
+    }
+}
