@@ -7,6 +7,10 @@
 ///     pause | resume         -> ok paused | ok running
 ///     snapshot DIR [diff]    -> ok full|diff snapshot DIR: ...
 ///     stop                   -> ok stopping
+///     stats                  -> ok disk_read_bytes=N disk_write_bytes=N disk_read_ops=N
+///                               disk_write_ops=N net_rx_bytes=N net_tx_bytes=N
+///                               net_rx_packets=N net_tx_packets=N
+///     version                -> ok skiff-control 1
 ///
 /// Words are separated by spaces. DIR is an absolute path of printable
 /// UTF-8 without spaces; the directory itself travels as a file descriptor
@@ -16,11 +20,18 @@ public enum ControlRequest: Equatable, Sendable {
     case status, pause, resume
     case snapshot(directory: String, diff: Bool)
     case stop
+    /// The devices' I/O counters, for metering.
+    case stats
+    /// The protocol's version, so a client can tell what it may send.
+    case version
+
+    /// This grammar's version (`version` answers `skiff-control 1`).
+    public static let protocolVersion = 1
 
     /// The longest request line, newline excluded.
     public static let maxLine = 4096
 
-    public static let usage = "status, pause, resume, snapshot DIR [diff], stop"
+    public static let usage = "status, pause, resume, snapshot DIR [diff], stop, stats, version"
 
     /// Parses one line (without its newline).
     public static func parse(_ line: [UInt8]) throws(ControlProtocolError) -> ControlRequest {
@@ -32,6 +43,8 @@ public enum ControlRequest: Equatable, Sendable {
         case (Array("pause".utf8), 1): return .pause
         case (Array("resume".utf8), 1): return .resume
         case (Array("stop".utf8), 1): return .stop
+        case (Array("stats".utf8), 1): return .stats
+        case (Array("version".utf8), 1): return .version
         case (Array("snapshot".utf8), 2), (Array("snapshot".utf8), 3):
             if words.count == 3 { guard Array(words[2]) == Array("diff".utf8) else { break } }
             let directory = try Self.directory(Array(words[1]))
@@ -58,6 +71,8 @@ public enum ControlRequest: Equatable, Sendable {
         case .pause: return Array("pause\n".utf8)
         case .resume: return Array("resume\n".utf8)
         case .stop: return Array("stop\n".utf8)
+        case .stats: return Array("stats\n".utf8)
+        case .version: return Array("version\n".utf8)
         case .snapshot(let directory, let diff): return Array("snapshot \(directory)\(diff ? " diff" : "")\n".utf8)
         }
     }
@@ -104,4 +119,40 @@ public enum ControlReply: Equatable, Sendable {
 public struct ControlProtocolError: Error, CustomStringConvertible, Sendable {
     public let description: String
     public init(_ d: String) { description = d }
+}
+
+/// `stats`'s answer: the VM's devices' counters, summed by kind.
+public struct ControlStats: Codable, Equatable, Sendable {
+    public var diskReadBytes: UInt64 = 0, diskWriteBytes: UInt64 = 0, diskReadOps: UInt64 = 0, diskWriteOps: UInt64 = 0
+    public var netRxBytes: UInt64 = 0, netTxBytes: UInt64 = 0, netRxPackets: UInt64 = 0, netTxPackets: UInt64 = 0
+    public init() {}
+
+    static let keys = ["disk_read_bytes", "disk_write_bytes", "disk_read_ops", "disk_write_ops",
+                       "net_rx_bytes", "net_tx_bytes", "net_rx_packets", "net_tx_packets"]
+
+    var values: [UInt64] { [diskReadBytes, diskWriteBytes, diskReadOps, diskWriteOps, netRxBytes, netTxBytes, netRxPackets, netTxPackets] }
+
+    public var text: String { zip(Self.keys, values).map { "\($0)=\($1)" }.joined(separator: " ") }
+
+    /// Parses an `ok` text; unknown keys are ignored (a newer VMM may say more).
+    public static func parse(_ text: String) throws(ControlProtocolError) -> ControlStats {
+        var s = ControlStats()
+        for word in text.split(separator: " ") {
+            let kv = word.split(separator: "=", maxSplits: 1)
+            guard kv.count == 2 else { throw ControlProtocolError("stats: '\(word.prefix(40))' is not key=value") }
+            guard let v = UInt64(kv[1]) else { throw ControlProtocolError("stats: \(kv[0]) is not a count") }
+            switch kv[0] {
+            case "disk_read_bytes": s.diskReadBytes = v
+            case "disk_write_bytes": s.diskWriteBytes = v
+            case "disk_read_ops": s.diskReadOps = v
+            case "disk_write_ops": s.diskWriteOps = v
+            case "net_rx_bytes": s.netRxBytes = v
+            case "net_tx_bytes": s.netTxBytes = v
+            case "net_rx_packets": s.netRxPackets = v
+            case "net_tx_packets": s.netTxPackets = v
+            default: break
+            }
+        }
+        return s
+    }
 }

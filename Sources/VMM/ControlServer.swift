@@ -163,6 +163,8 @@ private struct ServeLoop {
             case .pause: try machine.pause(); return .ok("paused")
             case .resume: try machine.resume(); return .ok("running")
             case .stop: machine.stop(.requested); return .ok("stopping")
+            case .stats: return .ok(machine.ioStats().text)
+            case .version: return .ok("skiff-control \(ControlRequest.protocolVersion)")
             case .snapshot(let directory, let diff):
                 // The files the client made for it (the VMM opens no path).
                 let n = SnapshotFiles.count

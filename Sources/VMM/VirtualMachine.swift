@@ -3,6 +3,7 @@ import Devices
 import Glibc
 import KVM
 import Machine
+import SkiffControl
 import Synchronization
 
 /// One VM: guest memory, the in-kernel irqchip and PIT, legacy devices,
@@ -274,5 +275,26 @@ struct KVMInterruptLine: InterruptLine {
     func pulse() {
         try? vm.setIRQLine(irq, high: true)
         try? vm.setIRQLine(irq, high: false)
+    }
+}
+
+extension VirtualMachine {
+    /// The devices' I/O counters, summed by kind (the control socket's `stats`).
+    public func ioStats() -> ControlStats {
+        var s = ControlStats()
+        for t in virtio {
+            if let b = t.device as? Block {
+                s.diskReadBytes &+= b.counters.readBytes.load(ordering: .relaxed)
+                s.diskWriteBytes &+= b.counters.writeBytes.load(ordering: .relaxed)
+                s.diskReadOps &+= b.counters.readOps.load(ordering: .relaxed)
+                s.diskWriteOps &+= b.counters.writeOps.load(ordering: .relaxed)
+            } else if let n = t.device as? Net {
+                s.netRxBytes &+= n.counters.readBytes.load(ordering: .relaxed)
+                s.netTxBytes &+= n.counters.writeBytes.load(ordering: .relaxed)
+                s.netRxPackets &+= n.counters.readOps.load(ordering: .relaxed)
+                s.netTxPackets &+= n.counters.writeOps.load(ordering: .relaxed)
+            }
+        }
+        return s
     }
 }

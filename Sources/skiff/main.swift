@@ -38,6 +38,7 @@ busybox initramfs). Exit status: 0 when the guest resets or powers off,
 """
 
 func fail(_ message: String, status: Int32) -> Never {
+    ExitFile.write("reason \(message)\nstatus \(status)\n")
     var line = Array("skiff: \(message)\n".utf8)
     _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
     exit(status)

@@ -170,34 +170,33 @@ final class GuestIntegrityTests: XCTestCase {
     /// Debian's cloud kernel (not built by Skiff: int3 self-test, XSAVE,
     /// POPCNT ... as Debian ships them) boots under `skiff run` to init,
     /// with Skiff's default initramfs. Its user space cannot make system
-    /// calls on PVM hosts; reaching init is the bar. One initcall is left
-    /// out: ftrace's check for weak functions (a kworker that looks up
-    /// every one of 37,697 mcount sites in kallsyms) takes about 20 minutes
-    /// of emulated CPL0 code here, blocks init (late_initcall_sync drains
-    /// it) and sets off the soft-lockup watchdog; it only tidies ftrace.
-    static let cloudCmdline = "console=ttyS0 reboot=k panic=-1 initcall_blacklist=ftrace_check_for_weak_functions"
+    /// calls on PVM hosts (init then dies, the kernel panics and resets);
+    /// reaching init is the bar. Guest kernel mode is emulated here, so two
+    /// pieces of work that only check the kernel itself are left out:
+    /// ftrace's check for weak functions (a kworker that looks up every one
+    /// of 37,697 mcount sites in kallsyms: about 20 minutes, and it blocks
+    /// init) and the crypto self-tests (`cryptomgr.notests`: RSA private-key
+    /// test vectors in multi-precision arithmetic, found by sampling the
+    /// vCPU's RIP from snapshots of a boot that ran silently for 20 minutes
+    /// after its last line).
+    static let cloudCmdline = "console=ttyS0 reboot=k panic=-1 initcall_blacklist=ftrace_check_for_weak_functions cryptomgr.notests"
 
-    /// Issue 9 asks for `Run /init`; this session's boots reached 961 s of
-    /// guest time (late initcalls) and then ran on silently for over ten
-    /// minutes, so the bar asserted here is what they did reach: the int3
-    /// self-test passed, XSAVE on, kernel_fpu_begin's LDMXCSR/FNINIT
-    /// completed, the RTC read (which once killed the VMM through seccomp)
-    /// and the VMM still running. See the issue's note.
-    func testDebianCloudKernelBootsPastItsSelfTestsAndRTC() throws {
+    func testDebianCloudKernelBootsToInit() throws {
         let fetch = try Harness.run("/bin/bash", [Harness.root.appendingPathComponent("kernel/debian-cloud.sh").path], timeout: 900)
         guard fetch.status == 0 else { throw XCTSkip("Debian's cloud kernel unavailable: \(fetch.stderr.suffix(500))") }
         let vmlinux = fetch.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        let s = try Session(Harness.skiff, ["run", "--kernel", vmlinux, "--cmdline", Self.cloudCmdline])
+        let initramfs = try Harness.skiff(["initramfs", "path"], timeout: 600).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let s = try Session(Harness.skiff, ["run", "--kernel", vmlinux, "--initrd", initramfs, "--cmdline", Self.cloudCmdline])
         defer { if s.isRunning { s.signal(SIGKILL); _ = s.wait(timeout: 10) } }
         let t0 = Date()
-        let reached = s.waitFor("rtc_cmos rtc_cmos: setting system clock to", timeout: 1500)
+        let reached = s.waitFor("Run /init as init process", timeout: 2100)
         let seconds = Date().timeIntervalSince(t0)
-        XCTAssertTrue(reached, "Debian's cloud kernel did not read its RTC in \(Int(seconds)) s: \(s.stdout.suffix(1500)) \(s.stderr)")
+        XCTAssertTrue(reached, "Debian's cloud kernel did not reach init in \(Int(seconds)) s: \(s.stdout.suffix(1500)) \(s.stderr)")
         XCTAssertTrue(s.stdout.contains("x86/fpu: Enabled xstate features"), "XSAVE off in the cloud kernel")
+        XCTAssertTrue(s.stdout.contains("rtc_cmos rtc_cmos: setting system clock to"), "the RTC was not read")
         XCTAssertFalse(s.stderr.contains("emulation failure"), s.stderr)
-        XCTAssertTrue(s.isRunning, "the VMM stopped: \(s.stderr)")
-        print("guest-integrity: Debian cloud kernel: RTC read after \(Int(seconds)) s")
-        for line in Self.lines(s.stdout, containing: ["x86/fpu", "Linux version", "rtc_cmos"]) { print("guest-integrity: cloud: \(line)") }
+        print("guest-integrity: Debian cloud kernel: Run /init after \(Int(seconds)) s")
+        for line in Self.lines(s.stdout, containing: ["x86/fpu", "Linux version", "rtc_cmos", "Run /init", "W+X"]) { print("guest-integrity: cloud: \(line)") }
         s.signal(SIGTERM)
         _ = s.wait(timeout: 10)
     }

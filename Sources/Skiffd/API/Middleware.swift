@@ -76,10 +76,24 @@ struct BearerMiddleware<Context: RequestContext>: RouterMiddleware {
 struct BodyLimitMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var request = request
-        if let length = request.headers[.contentLength].flatMap(Int.init), length > Daemon.maxBody {
-            throw HTTPError(.contentTooLarge)
-        }
+        let length = request.headers[.contentLength].flatMap(Int.init)
+        if let length, length > Daemon.maxBody { throw HTTPError(.contentTooLarge) }
+        // No body at all (an optional one left out) stays absent.
+        guard (length ?? 0) > 0 || request.headers[.transferEncoding] != nil else { return try await next(request, context) }
         _ = try await request.collectBody(upTo: Daemon.maxBody)
         return try await next(request, context)
+    }
+}
+
+/// A request without a body reaches the generated code as an empty body,
+/// which it then tries to decode; an optional body left out (`stop` with
+/// no timeout) must be no body at all.
+struct AbsentBodyMiddleware: ServerMiddleware {
+    func intercept(_ request: HTTPTypes.HTTPRequest, body: HTTPBody?, metadata: ServerRequestMetadata, operationID: String,
+                   next: @Sendable (HTTPTypes.HTTPRequest, HTTPBody?, ServerRequestMetadata) async throws -> (HTTPTypes.HTTPResponse, HTTPBody?))
+        async throws -> (HTTPTypes.HTTPResponse, HTTPBody?) {
+        let length = request.headerFields[.contentLength].flatMap(Int.init)
+        let absent = (length == 0 || length == nil) && request.headerFields[.transferEncoding] == nil
+        return try await next(request, absent ? nil : body, metadata)
     }
 }

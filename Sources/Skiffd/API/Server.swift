@@ -31,6 +31,11 @@ public struct Daemon: Sendable {
     public static func run(_ options: Options) async throws {
         var logger = Logger(label: "skiffd")
         logger.logLevel = .info
+        // Each VM's control socket is <state>/vms/<16 hex>/control.sock: it must fit sun_path.
+        let longest = options.stateDirectory.utf8.count + "/vms/0123456789abcdef/control.sock".utf8.count
+        guard longest < 108 else {
+            throw ManagerError.invalid("--state-dir \(options.stateDirectory): too long for a VM's control socket path (\(longest) of 107 bytes); pick a shorter one")
+        }
         try makeDirectories(options.stateDirectory + "/vms", mode: 0o700)
         let socketDirectory = (options.socket as NSString).deletingLastPathComponent
         try makeDirectories(socketDirectory, mode: 0o750)
@@ -65,7 +70,7 @@ public struct Daemon: Sendable {
         router.add(middleware: ProblemMiddleware())
         if let token { router.add(middleware: BearerMiddleware(token: token)) }
         router.add(middleware: BodyLimitMiddleware())
-        try Handler(manager: manager).registerHandlers(on: router, serverURL: URL(string: "/v1")!)
+        try Handler(manager: manager).registerHandlers(on: router, serverURL: URL(string: "/v1")!, middlewares: [AbsentBodyMiddleware()])
         router.get("/metrics") { _, _ in
             let text = try await manager.prometheusText()
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))

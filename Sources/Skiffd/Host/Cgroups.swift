@@ -70,6 +70,15 @@ struct Cgroups: Sendable {
         }
     }
 
+    /// Whether any of the VM's cgroups is still there.
+    func exists(_ name: String) -> Bool {
+        switch backend {
+        case .none: return false
+        case .v2: return FileManager.default.fileExists(atPath: v2(name))
+        case .v1: return ["cpu", "cpuacct", "memory", "blkio"].contains { FileManager.default.fileExists(atPath: v1($0, name)) }
+        }
+    }
+
     /// The cgroups skiffd made under `skiff/` (for finding leftovers).
     func names() -> Set<String> {
         let dir: String

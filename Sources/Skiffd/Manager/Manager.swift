@@ -24,6 +24,7 @@ actor Manager {
     var meter = Meter()
     /// Launchers this skiffd started (its children, to be reaped).
     var children: Set<pid_t> = []
+    var reconcileCount = 0
 
     init(store: Store, stateDirectory: String, skiff: String, logger: Logger) {
         self.store = store
@@ -155,6 +156,7 @@ actor Manager {
             try Console.rotate(dir.console)
             let id = try VMProcess.spawn(skiff: skiff, arguments: spec.arguments(directory: dir, cgroup: cgroup), console: dir.console)
             children.insert(id.pid)
+            meter.started(vm.name, generation: starting.generation)
             let running = try store.update(vm.name) { $0.pid = Int64(id.pid); $0.pidStart = id.start } ?? starting
             store.event(vm.name, starting.generation > 1 ? "restarted" : "started", "pid \(id.pid)")
             return running
@@ -246,18 +248,33 @@ actor Manager {
                 try? await Task.sleep(nanoseconds: 20_000_000)
             }
             if VMProcess.isAlive(id) { _ = Glibc.kill(id.pid, SIGKILL) }
+            children.subtract(VMProcess.reap(children)) // a zombie still holds its cgroup
         }
         try finishDelete(vm)
         try store.end(intent)
         store.event(name, "deleted")
     }
 
+    /// Removes the VM's cgroup once its last process is gone: a launcher
+    /// that exited but is not reaped yet still holds it, so reap and retry
+    /// for a while (the reconcile loop sweeps up what is left after that).
+    func releaseCgroup(_ vm: VMRecord) {
+        let name = Self.cgroupName(vm)
+        for _ in 0..<50 {
+            children.subtract(VMProcess.reap(children))
+            cgroups.remove(name)
+            guard cgroups.exists(name) else { return }
+            usleep(10_000)
+        }
+    }
+
     /// The files, the cgroup, then the rows (also run by `Recovery`).
     func finishDelete(_ vm: VMRecord) throws {
-        cgroups.remove(Self.cgroupName(vm))
+        releaseCgroup(vm)
         try? FileManager.default.removeItem(atPath: directory(vm).path)
         try store.db.write { db in
             _ = try VMRecord.deleteOne(db, key: vm.id)
+            try db.execute(sql: "DELETE FROM meterSample WHERE vm = ?", arguments: [vm.name])
             try db.execute(sql: "DELETE FROM snapshot WHERE vm = ?", arguments: [vm.name])
         }
     }

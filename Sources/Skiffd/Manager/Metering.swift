@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import SkiffControl
 
 /// Metering: what each VM uses, accumulated per minute and written to the
 /// `usage` table. CPU is the VM's cgroup's own count (every thread of its
@@ -8,13 +9,24 @@ import GRDB
 /// clone's snapshot pages, count once across all of them, and pages the
 /// balloon gave back count not at all), integrated over time.
 struct Meter: Sendable {
-    struct Sample: Sendable { var cpuSeconds: Double; var time: Date }
+    struct Sample: Codable, Sendable {
+        var cpuSeconds: Double
+        var time: Date
+        var io: ControlStats?
+        /// The VM's start this sample belongs to (`VMRecord.generation`).
+        var generation: Int64
+    }
     /// The last CPU reading per VM (per start: a restarted VM's cgroup counts from zero).
     var last: [String: Sample] = [:]
     /// The minute being accumulated, per VM.
     var current: [String: UsageRecord] = [:]
 
     mutating func ended(_ vm: String) { last[vm] = nil }
+
+    /// A VM just started: its new cgroup and VMM count from zero.
+    mutating func started(_ vm: String, generation: Int64) {
+        last[vm] = Sample(cpuSeconds: 0, time: Date(), io: ControlStats(), generation: generation)
+    }
 
     static func minute(_ d: Date) -> Int64 { Int64(d.timeIntervalSince1970) / 60 * 60 }
 
@@ -42,28 +54,59 @@ extension Manager {
                 continue
             }
             let cpu = cgroups.cpuSeconds(Self.cgroupName(vm)) ?? Self.cpuSeconds(of: [id.pid] + VMProcess.descendants(id.pid))
-            if let previous = meter.last[vm.name] {
+            // The VMM's own device counters (what the guest moved); a paused
+            // or busy VMM that does not answer in time is asked next tick.
+            var io: ControlStats?
+            if case .ok(let text)? = try? ControlChannel.request(.stats, socket: directory(vm).controlSocket, timeoutMs: 200) {
+                io = try? ControlStats.parse(text)
+            }
+            if let previous = meter.last[vm.name], previous.generation == vm.generation {
                 let dt = now.timeIntervalSince(previous.time)
                 u.vcpuSeconds += max(0, cpu - previous.cpuSeconds)
+                if let io, let before = previous.io {
+                    func delta(_ a: UInt64, _ b: UInt64) -> Int64 { a >= b ? Int64(clamping: a - b) : Int64(clamping: a) }
+                    u.diskReadBytes += delta(io.diskReadBytes, before.diskReadBytes)
+                    u.diskWriteBytes += delta(io.diskWriteBytes, before.diskWriteBytes)
+                    u.diskReadOps += delta(io.diskReadOps, before.diskReadOps)
+                    u.diskWriteOps += delta(io.diskWriteOps, before.diskWriteOps)
+                    u.netRxBytes += delta(io.netRxBytes, before.netRxBytes)
+                    u.netTxBytes += delta(io.netTxBytes, before.netTxBytes)
+                }
                 let pss = Self.proportionalBytes([id.pid] + VMProcess.descendants(id.pid))
                 u.memoryGiBSeconds += Double(pss) / Double(1 << 30) * dt
                 if state == .paused { u.secondsPaused += dt } else { u.secondsRunning += dt }
             }
-            meter.last[vm.name] = Meter.Sample(cpuSeconds: cpu, time: now)
+            meter.last[vm.name] = Meter.Sample(cpuSeconds: cpu, time: now, io: io ?? meter.last[vm.name]?.io, generation: vm.generation)
             u.snapshotBytes = try store.db.read { try Int64.fetchOne($0, sql: "SELECT COALESCE(SUM(bytes), 0) FROM snapshot WHERE vm = ?", arguments: [vm.name]) } ?? 0
             meter.current[vm.name] = u
         }
         try flush(finished + Array(meter.current.values))
     }
 
-    /// Writes finished minutes and the one in progress (replaced as it grows).
+    /// Writes finished minutes and the one in progress (replaced as it
+    /// grows), and the last reading of each VM, so that a restarted skiffd
+    /// bills the time it was down from there.
     func flush(_ records: [UsageRecord]) throws {
-        guard !records.isEmpty else { return }
+        let samples = try meter.last.map { ($0.key, try JSON.encode($0.value)) }
         try store.db.write { db in
             for r in records where r.vcpuSeconds > 0 || r.secondsRunning > 0 || r.secondsPaused > 0 || r.snapshotBytes > 0 {
                 try r.save(db)
             }
+            for (vm, json) in samples {
+                try db.execute(sql: "INSERT OR REPLACE INTO meterSample (vm, sample) VALUES (?, ?)", arguments: [vm, json])
+            }
         }
+    }
+
+    /// The readings and the minute in progress a previous skiffd left.
+    func loadMeter() throws {
+        let rows = try store.db.read { try Row.fetchAll($0, sql: "SELECT vm, sample FROM meterSample") }
+        for row in rows {
+            let vm: String = row["vm"], json: String = row["sample"]
+            if let s = try? JSON.decode(Meter.Sample.self, json) { meter.last[vm] = s }
+        }
+        let minute = Meter.minute(Date())
+        for u in try store.db.read({ try UsageRecord.filter(sql: "minute = ?", arguments: [minute]).fetchAll($0) }) { meter.current[u.vm] = u }
     }
 
     /// Proportional set size of these processes, in bytes.
@@ -93,7 +136,7 @@ extension Manager {
 
     /// Use per VM over [from, to), from the stored minutes.
     func usage(from: Int64?, to: Int64?) throws -> [UsageRecord] {
-        try flush(Array(meter.current.values))
+        try meterTick() // up to this moment
         let lo = from ?? 0, hi = to ?? Int64.max
         return try store.db.read { db in
             try UsageRecord.fetchAll(db, sql: """

@@ -10,7 +10,10 @@ extension Manager {
     func reconcile() throws {
         children.subtract(VMProcess.reap(children))
         let now = Date()
-        for vm in try store.vms() {
+        let vms = try store.vms()
+        reconcileCount += 1
+        if reconcileCount % 25 == 0 { removeStrayCgroups(vms) }
+        for vm in vms {
             let state = VMState(rawValue: vm.observed) ?? .exited
             if state.isActive {
                 guard let id = identity(vm) else {
@@ -43,6 +46,13 @@ extension Manager {
         }
     }
 
+    /// cgroups of VMs that no longer run (a removal that found a process
+    /// not yet reaped, or a VM deleted while skiffd was down).
+    func removeStrayCgroups(_ vms: [VMRecord]) {
+        let live = Set(vms.filter { VMState(rawValue: $0.observed)?.isActive == true }.map { Self.cgroupName($0) })
+        for name in cgroups.names() where name.hasPrefix("vm-") && !live.contains(name) { cgroups.remove(name) }
+    }
+
     /// The VM's process is gone: record how it ended, then apply its restart policy.
     func ended(_ vm: VMRecord) throws {
         let record = VMProcess.exitRecord(directory(vm).exitFile)
@@ -50,7 +60,7 @@ extension Manager {
         let status = record.status
         let reason = record.reason ?? (status == nil ? "the VM's process was killed (no exit status recorded)" : "exit status \(status!)")
         stopDeadlines[vm.name] = nil
-        cgroups.remove(Self.cgroupName(vm))
+        releaseCgroup(vm)
         unlink(directory(vm).controlSocket)
         guard let updated = try store.update(vm.name, { v in
             v.observed = (asked ? VMState.stopped : VMState.exited).rawValue

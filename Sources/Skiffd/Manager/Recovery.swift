@@ -19,6 +19,7 @@ extension Manager {
     func recover() throws -> RecoveryReport {
         let t0 = Date()
         var report = RecoveryReport()
+        try loadMeter()
         let byID = Dictionary(uniqueKeysWithValues: try store.vms().map { ($0.id, $0) })
         for intent in try store.intents() {
             switch intent.kind {
@@ -72,11 +73,9 @@ extension Manager {
             try? FileManager.default.removeItem(atPath: root + "/" + entry)
             report.directoriesRemoved += 1
         }
-        let live = Set(try store.vms().filter { VMState(rawValue: $0.observed)?.isActive == true }.map { Self.cgroupName($0) })
-        for name in cgroups.names() where name.hasPrefix("vm-") && !live.contains(name) {
-            cgroups.remove(name)
-            report.cgroupsRemoved += 1
-        }
+        let before = cgroups.names().count
+        removeStrayCgroups(try store.vms())
+        report.cgroupsRemoved = before - cgroups.names().count
         report.seconds = Date().timeIntervalSince(t0)
         return report
     }

@@ -75,6 +75,12 @@ final class Store: Sendable {
                 t.primaryKey(["vm", "minute"])
             }
         }
+        m.registerMigration("v2-meter") { db in
+            try db.create(table: "meterSample") { t in
+                t.primaryKey("vm", .text)
+                t.column("sample", .text).notNull()
+            }
+        }
         return m
     }
 

@@ -7,6 +7,8 @@ import Synchronization
 /// and write-zeroes; read-only or read-write; optionally O_DIRECT. Requests
 /// are served on the device's own thread, never on a vCPU.
 public final class Block: VirtioDevice {
+    /// Reads and writes the guest completed (read: disk to guest).
+    public let counters = IOCounters()
     public struct Options: Sendable {
         public var path: String
         public var readOnly = false
@@ -149,7 +151,7 @@ public final class Block: VirtioDevice {
                 ok = fullIO(n) { done in pread(fd, p + done, n - done, position + off_t(done)) }
                 position += off_t(n)
             }
-            if ok { written = r.dataLength }
+            if ok { written = r.dataLength; counters.read(r.dataLength) }
             return ok ? .ok : .ioError
         case .write:
             guard !options.readOnly else { return .ioError }
@@ -161,6 +163,7 @@ public final class Block: VirtioDevice {
                 ok = fullIO(n) { done in pwrite(fd, p + done, n - done, position + off_t(done)) }
                 position += off_t(n)
             }
+            if ok { counters.wrote(r.dataLength) }
             return ok ? .ok : .ioError
         case .flush:
             return fdatasync(fd) == 0 ? .ok : .ioError

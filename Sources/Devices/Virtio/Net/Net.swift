@@ -7,6 +7,8 @@ import Synchronization
 /// offloads are offered, so the 12-byte virtio-net header is always zero
 /// on receive and ignored on transmit (virtio 1.2, 5.1.6).
 public final class Net: VirtioDevice {
+    /// Frames the guest received (read) and sent (written), in bytes.
+    public let counters = IOCounters()
     public struct Options: Sendable {
         public var tap: String
         public var mac: [UInt8]
@@ -68,7 +70,7 @@ public final class Net: VirtioDevice {
     public func writeConfig(offset: Int, data: UnsafeRawBufferPointer) {}
 
     public func activate(_ context: VirtioContext) throws {
-        let l = try NetLoop(context: context, tap: tap)
+        let l = try NetLoop(context: context, tap: tap, counters: counters)
         loop.withLock { $0 = l }
     }
 
@@ -95,12 +97,14 @@ final class NetLoop: @unchecked Sendable {
     let context: VirtioContext
     let tap: Int32
     let stop: EventFD
+    let counters: IOCounters
     private var thread: HostThread?
     private var frame = [UInt8](repeating: 0, count: Net.maxFrame)
 
-    init(context: VirtioContext, tap: Int32) throws {
+    init(context: VirtioContext, tap: Int32, counters: IOCounters) throws {
         self.context = context
         self.tap = tap
+        self.counters = counters
         stop = try EventFD()
         thread = try HostThread(name: "virtio-net") { [self] in run() }
     }
@@ -130,7 +134,8 @@ final class NetLoop: @unchecked Sendable {
                     let length = Int(min(io.length, UInt64(Net.maxFrame + Net.headerSize)))
                     if length > Net.headerSize {
                         let bytes = io.read(offset: UInt64(Net.headerSize), count: length - Net.headerSize)
-                        _ = bytes.withUnsafeBytes { write(tap, $0.baseAddress, $0.count) } // a full TAP drops, as a wire would
+                        let sentBytes = bytes.withUnsafeBytes { write(tap, $0.baseAddress, $0.count) } // a full TAP drops, as a wire would
+                        if sentBytes > 0 { counters.wrote(UInt64(sentBytes)) }
                     }
                     tx.push(head: chain.head, written: 0)
                     sent = true
@@ -156,6 +161,7 @@ final class NetLoop: @unchecked Sendable {
             header[10] = 1 // num_buffers
             io.write(header, offset: 0)
             let copied = io.write(Array(frame[0..<n]), offset: UInt64(Net.headerSize)) // a frame larger than the buffer is cut
+            counters.read(UInt64(copied))
             rx.push(head: chain.head, written: UInt32(Net.headerSize + copied))
             delivered = true
         }
