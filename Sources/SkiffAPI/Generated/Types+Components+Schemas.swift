@@ -18,6 +18,12 @@ public import struct Foundation.Date
 extension Components {
     /// Types generated from the `#/components/schemas` section of the OpenAPI document.
     public enum Schemas {
+        /// an absolute path on the host, without `..` components or control characters
+        ///
+        /// - Remark: Generated from `#/components/schemas/HostPath`.
+        public typealias HostPath = Swift.String
+        /// - Remark: Generated from `#/components/schemas/LabelKey`.
+        public typealias LabelKey = Swift.String
         /// letters, digits, `_`, `.` and `-`, starting with a letter or digit, at most 63
         ///
         /// - Remark: Generated from `#/components/schemas/Name`.
@@ -274,19 +280,17 @@ extension Components {
         }
         /// - Remark: Generated from `#/components/schemas/Disk`.
         public struct Disk: Codable, Hashable, Sendable {
-            /// an absolute path on the host
-            ///
             /// - Remark: Generated from `#/components/schemas/Disk/path`.
-            public var path: Swift.String
+            public var path: Components.Schemas.HostPath
             /// - Remark: Generated from `#/components/schemas/Disk/readOnly`.
             public var readOnly: Swift.Bool?
             /// Creates a new `Disk`.
             ///
             /// - Parameters:
-            ///   - path: an absolute path on the host
+            ///   - path:
             ///   - readOnly:
             public init(
-                path: Swift.String,
+                path: Components.Schemas.HostPath,
                 readOnly: Swift.Bool? = nil
             ) {
                 self.path = path
@@ -299,7 +303,7 @@ extension Components {
             public init(from decoder: any Swift.Decoder) throws {
                 let container = try decoder.container(keyedBy: CodingKeys.self)
                 self.path = try container.decode(
-                    Swift.String.self,
+                    Components.Schemas.HostPath.self,
                     forKey: .path
                 )
                 self.readOnly = try container.decodeIfPresent(
@@ -336,12 +340,10 @@ extension Components {
             }
             /// - Remark: Generated from `#/components/schemas/VMCreate/labels`.
             public var labels: Components.Schemas.VMCreate.LabelsPayload?
-            /// a kernel on the host (default: Skiff's)
-            ///
             /// - Remark: Generated from `#/components/schemas/VMCreate/kernel`.
-            public var kernel: Swift.String?
+            public var kernel: Components.Schemas.HostPath?
             /// - Remark: Generated from `#/components/schemas/VMCreate/initrd`.
-            public var initrd: Swift.String?
+            public var initrd: Components.Schemas.HostPath?
             /// - Remark: Generated from `#/components/schemas/VMCreate/cmdline`.
             public var cmdline: Swift.String?
             /// - Remark: Generated from `#/components/schemas/VMCreate/cpus`.
@@ -350,10 +352,8 @@ extension Components {
             public var memoryMiB: Swift.Int64?
             /// - Remark: Generated from `#/components/schemas/VMCreate/disks`.
             public var disks: [Components.Schemas.Disk]?
-            /// restore this snapshot directory instead of booting
-            ///
             /// - Remark: Generated from `#/components/schemas/VMCreate/snapshot`.
-            public var snapshot: Swift.String?
+            public var snapshot: Components.Schemas.HostPath?
             /// - Remark: Generated from `#/components/schemas/VMCreate/restartPolicy`.
             public var restartPolicy: Components.Schemas.RestartPolicy?
             /// - Remark: Generated from `#/components/schemas/VMCreate/resources`.
@@ -367,26 +367,26 @@ extension Components {
             /// - Parameters:
             ///   - name:
             ///   - labels:
-            ///   - kernel: a kernel on the host (default: Skiff's)
+            ///   - kernel:
             ///   - initrd:
             ///   - cmdline:
             ///   - cpus:
             ///   - memoryMiB:
             ///   - disks:
-            ///   - snapshot: restore this snapshot directory instead of booting
+            ///   - snapshot:
             ///   - restartPolicy:
             ///   - resources:
             ///   - start: start at once (default true)
             public init(
                 name: Components.Schemas.Name,
                 labels: Components.Schemas.VMCreate.LabelsPayload? = nil,
-                kernel: Swift.String? = nil,
-                initrd: Swift.String? = nil,
+                kernel: Components.Schemas.HostPath? = nil,
+                initrd: Components.Schemas.HostPath? = nil,
                 cmdline: Swift.String? = nil,
                 cpus: Swift.Int? = nil,
                 memoryMiB: Swift.Int64? = nil,
                 disks: [Components.Schemas.Disk]? = nil,
-                snapshot: Swift.String? = nil,
+                snapshot: Components.Schemas.HostPath? = nil,
                 restartPolicy: Components.Schemas.RestartPolicy? = nil,
                 resources: Components.Schemas.Resources? = nil,
                 start: Swift.Bool? = nil
@@ -429,11 +429,11 @@ extension Components {
                     forKey: .labels
                 )
                 self.kernel = try container.decodeIfPresent(
-                    Swift.String.self,
+                    Components.Schemas.HostPath.self,
                     forKey: .kernel
                 )
                 self.initrd = try container.decodeIfPresent(
-                    Swift.String.self,
+                    Components.Schemas.HostPath.self,
                     forKey: .initrd
                 )
                 self.cmdline = try container.decodeIfPresent(
@@ -453,7 +453,7 @@ extension Components {
                     forKey: .disks
                 )
                 self.snapshot = try container.decodeIfPresent(
-                    Swift.String.self,
+                    Components.Schemas.HostPath.self,
                     forKey: .snapshot
                 )
                 self.restartPolicy = try container.decodeIfPresent(

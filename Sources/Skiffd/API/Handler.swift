@@ -124,6 +124,7 @@ struct Handler: APIProtocol {
 
     func getEvents(_ input: Operations.GetEvents.Input) async throws -> Operations.GetEvents.Output {
         await respond {
+            if let s = input.query.since, s < 0 { throw ManagerError.invalid("since \(s): a sequence number, 0 or more") }
             let events = try await manager.store.events(since: input.query.since ?? 0)
             return .ok(.init(body: .json(.init(items: events.map { .init(seq: $0.seq ?? 0, time: $0.time, vm: $0.vm, kind: $0.kind, detail: $0.detail) }))))
         }
@@ -132,7 +133,7 @@ struct Handler: APIProtocol {
     func getUsage(_ input: Operations.GetUsage.Input) async throws -> Operations.GetUsage.Output {
         await respond {
             let from = input.query.from, to = input.query.to
-            if let from, let to, from > to { throw ManagerError.invalid("from \(from) is after to \(to)") }
+            for (n, v) in [("from", from), ("to", to)] { if let v, v < 0 { throw ManagerError.invalid("\(n) \(v): Unix seconds, 0 or more") } }
             let records = try await manager.usage(from: from, to: to)
             let labels = Dictionary(try await manager.list().map { ($0.name, (try? JSON.decode([String: String].self, $0.labels)) ?? [:]) },
                                     uniquingKeysWith: { a, _ in a })

@@ -13,6 +13,9 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         do { return try await next(request, context) } catch let e as HTTPError {
             let detail: String
             switch e.status {
+            case .notFound where KnownPaths.allowed(request.uri.path) != nil:
+                let allow = KnownPaths.allowed(request.uri.path)!
+                return Self.problem(.methodNotAllowed, "\(request.method) is not allowed on \(request.uri.path) (\(allow))", headers: [.allow: allow])
             case .notFound: detail = "no such path: \(request.uri.path) (the API is under /v1; see openapi.yaml)"
             case .methodNotAllowed: detail = "\(request.method) is not allowed on \(request.uri.path)"
             case .contentTooLarge: detail = "the request body is over \(Daemon.maxBody) bytes"
@@ -95,5 +98,22 @@ struct AbsentBodyMiddleware: ServerMiddleware {
         let length = request.headerFields[.contentLength].flatMap(Int.init)
         let absent = (length == 0 || length == nil) && request.headerFields[.transferEncoding] == nil
         return try await next(request, absent ? nil : body, metadata)
+    }
+}
+
+/// The document's paths ({name} is one segment) and their methods: another
+/// method on one of them is 405 with `Allow`, not 404.
+enum KnownPaths {
+    static let templates: [([Substring], String)] = [
+        ("/v1/version", "GET"), ("/v1/host", "GET"), ("/v1/vms", "GET, POST"), ("/v1/vms/*", "GET, DELETE"),
+        ("/v1/vms/*/start", "POST"), ("/v1/vms/*/stop", "POST"), ("/v1/vms/*/kill", "POST"), ("/v1/vms/*/pause", "POST"),
+        ("/v1/vms/*/resume", "POST"), ("/v1/vms/*/snapshots", "GET, POST"), ("/v1/vms/*/clone", "POST"), ("/v1/vms/*/logs", "GET"),
+        ("/v1/events", "GET"), ("/v1/usage", "GET"), ("/metrics", "GET"),
+    ].map { ($0.0.split(separator: "/"), $0.1) }
+
+    /// The methods allowed on `path`, if it is one of the document's.
+    static func allowed(_ path: String) -> String? {
+        let parts = path.split(separator: "/")
+        return templates.first { k, _ in k.count == parts.count && zip(k, parts).allSatisfy { $0 == "*" || $0 == $1 } }?.1
     }
 }

@@ -86,8 +86,10 @@ actor Manager {
             throw ManagerError.invalid("memoryMiB \(s.memoryMiB): between 2 and the host's \(host.memoryMiB)")
         }
         func file(_ path: String, _ what: String) throws {
-            guard path.hasPrefix("/"), !path.utf8.contains(0), !path.split(separator: "/").contains("..") else {
-                throw ManagerError.invalid("\(what) \(path.prefix(200)): give an absolute path without '..'")
+            let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+            guard path.hasPrefix("/"), !parts.isEmpty, !path.utf8.contains(where: { $0 < 0x20 }),
+                  !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
+                throw ManagerError.invalid("\(what) \(path.prefix(200).debugDescription): give an absolute path without '.', '..', '//' or control characters")
             }
             var st = stat()
             guard stat(path, &st) == 0 else { throw ManagerError.invalid("\(what) \(path.prefix(200)): \(String(cString: strerror(errno)))") }
