@@ -3,7 +3,7 @@ import Glibc
 /// The manager's commands (`skiff ps`, `create`, ...) are skiffd's CLI,
 /// which links what this small per-VM binary must not (Foundation, the
 /// HTTP client, the generated API): `skiff` replaces itself with
-/// `skiffd --client ARGS`, found beside this binary or on PATH.
+/// `skiffd --client ARGS`, found at $SKIFFD_BIN, beside this binary, or in /usr/bin.
 enum Manager {
     static let version = "0.10.0"
 
@@ -17,6 +17,7 @@ enum Manager {
 
     static func handOver(_ args: ArraySlice<String>) -> Never {
         var candidates: [String] = []
+        if let named = getenv("SKIFFD_BIN") { candidates.append(String(cString: named)) }
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX))
         let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
         if n > 0 {

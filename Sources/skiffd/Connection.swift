@@ -14,12 +14,14 @@ struct Connection {
     let http: HTTPClient
 
     init() throws {
-        http = HTTPClient(eventLoopGroupProvider: .singleton)
+        // Everything that can fail comes before the HTTP client exists (once made, it must be shut down).
         let env = ProcessInfo.processInfo.environment
         var middlewares: [any ClientMiddleware] = []
         let url: URL
         if let remote = env["SKIFFD_URL"] {
-            guard let u = URL(string: remote + "/v1") else { throw CLIError("SKIFFD_URL \(remote): not a URL") }
+            guard let u = URL(string: remote + "/v1"), u.scheme == "http" || u.scheme == "https" else {
+                throw CLIError("SKIFFD_URL \(remote): give http(s)://HOST:PORT")
+            }
             url = u
             if let token = env["SKIFFD_TOKEN"] { middlewares.append(Bearer(token: token)) }
         } else {
@@ -27,8 +29,10 @@ struct Connection {
                 throw CLIError("skiffd is not running (no \(Self.socket)): start it with `systemctl start skiffd` or `skiffd &`")
             }
             let encoded = Self.socket.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? Self.socket
-            url = URL(string: "http+unix://\(encoded)/v1")!
+            guard let u = URL(string: "http+unix://\(encoded)/v1") else { throw CLIError("\(Self.socket): not a usable socket path") }
+            url = u
         }
+        http = HTTPClient(eventLoopGroupProvider: .singleton)
         client = Client(serverURL: url, transport: AsyncHTTPClientTransport(configuration: .init(client: http, timeout: .seconds(600))),
                         middlewares: middlewares)
     }

@@ -170,6 +170,41 @@ final class ManagerTests: XCTestCase {
         _ = activeIDs
     }
 
+    /// The CLI as a user runs it: `skiff` hands manager commands to skiffd's CLI.
+    func testCLI() throws {
+        let env = ["SKIFFD_SOCKET": m.socket, "SKIFFD_BIN": ManagerHarness.skiffd]
+        func skiff(_ args: [String]) throws -> Harness.Result { try Harness.skiff(args, timeout: 60, environment: env) }
+        var r = try skiff(["create", "cli", "--kernel", tick, "--cmdline", "slow", "--label", "app=web", "--restart", "on-failure"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        try m.waitFor("cli", "running")
+        r = try skiff(["ps", "--json"])
+        let list = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]] ?? []
+        XCTAssertEqual(list.first?["name"] as? String, "cli", r.stdout + r.stderr)
+        r = try skiff(["ps"])
+        XCTAssertTrue(r.stdout.hasPrefix("NAME") && r.stdout.contains("cli") && r.stdout.contains("running"), r.stdout)
+        XCTAssertTrue(try skiff(["logs", "cli"]).stdout.hasPrefix("TICK-START"))
+        XCTAssertEqual(try skiff(["pause", "cli"]).stdout, "cli paused\n")
+        XCTAssertEqual(try skiff(["resume", "cli"]).stdout, "cli running\n")
+        r = try skiff(["stop", "nope"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("no VM named nope"), r.stderr)
+        XCTAssertEqual(try skiff(["stop", "-t", "5", "cli"]).status, 0)
+        try m.waitFor("cli", "stopped")
+        r = try skiff(["usage", "--format", "csv"])
+        XCTAssertTrue(r.stdout.hasPrefix("VM,VCPU_S,") && r.stdout.contains("\ncli,"), r.stdout)
+        XCTAssertEqual(try skiff(["rm", "cli"]).stdout, "cli\n")
+        for command in ["ps", "create", "start", "stop", "kill", "pause", "resume", "rm", "logs", "inspect", "snapshot", "clone", "usage", "events"] {
+            r = try skiff([command, "--help"])
+            XCTAssertEqual(r.status, 0, "\(command) --help: \(r.stderr)")
+            XCTAssertTrue(r.stdout.contains("USAGE: skiff \(command)"), "\(command) --help: \(r.stdout)")
+        }
+        XCTAssertTrue(try skiff(["--version"]).stdout.hasPrefix("skiff "))
+        // Without a skiffd: what to do about it.
+        r = try Harness.skiff(["ps"], timeout: 30, environment: ["SKIFFD_SOCKET": m.root + "/none.sock", "SKIFFD_BIN": ManagerHarness.skiffd])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("skiffd is not running"), r.stderr)
+    }
+
     func testRestartPolicies() throws {
         let failing = Harness.probe("emulation-failure")
         XCTAssertEqual(try m.create(["name": "fails", "kernel": failing, "restartPolicy": "on-failure"]).status, 201)

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import GRDB
 import Logging
 import SkiffControl
 
@@ -110,17 +111,25 @@ actor Manager {
     /// vSphere's admission control: the reservations of every VM that
     /// should run, with this one, must fit the host.
     func admit(_ s: VMSpec, excluding id: String?) throws {
-        var cpu = s.resources.cpuReservation ?? 0, memory = s.resources.memoryReservationMiB ?? 0
-        for vm in try store.vms() where vm.id != id && vm.desired != DesiredState.stopped.rawValue {
-            guard let other = try? JSON.decode(VMSpec.self, vm.spec) else { continue }
-            cpu += other.resources.cpuReservation ?? 0
-            memory += other.resources.memoryReservationMiB ?? 0
-        }
+        let others = try reservations(excluding: id)
+        let cpu = others.cpu + (s.resources.cpuReservation ?? 0), memory = others.memoryMiB + (s.resources.memoryReservationMiB ?? 0)
         guard cpu <= Double(host.cpus) + 1e-9 else {
             throw ManagerError.insufficient("CPU reservations would total \(cpu) of this host's \(host.cpus) CPUs: lower cpuReservation or stop another VM")
         }
         guard memory <= host.memoryMiB else {
             throw ManagerError.insufficient("memory reservations would total \(memory) MiB of this host's \(host.memoryMiB) MiB: lower memoryReservationMiB or stop another VM")
+        }
+    }
+
+    /// What the VMs that should run have reserved (one query: admission runs on every create).
+    func reservations(excluding id: String?) throws -> (cpu: Double, memoryMiB: Int64) {
+        try store.db.read { db in
+            let row = try Row.fetchOne(db, sql: """
+                SELECT COALESCE(SUM(json_extract(spec, '$.resources.cpuReservation')), 0) AS cpu,
+                       COALESCE(SUM(json_extract(spec, '$.resources.memoryReservationMiB')), 0) AS memory
+                FROM vm WHERE desired != 'stopped' AND id IS NOT ?
+                """, arguments: [id])
+            return (row?["cpu"] ?? 0, row?["memory"] ?? 0)
         }
     }
 
@@ -349,14 +358,9 @@ extension Manager {
     }
 
     func hostSummary() throws -> HostSummary {
-        let vms = try store.vms()
-        var cpu = 0.0, memory: Int64 = 0
-        for vm in vms where vm.desired != DesiredState.stopped.rawValue {
-            guard let s = try? JSON.decode(VMSpec.self, vm.spec) else { continue }
-            cpu += s.resources.cpuReservation ?? 0
-            memory += s.resources.memoryReservationMiB ?? 0
-        }
-        return HostSummary(cpus: host.cpus, memoryMiB: host.memoryMiB, reservedCpus: cpu, reservedMemoryMiB: memory,
-                           cgroup: cgroups.backend.rawValue, vms: vms.count)
+        let r = try reservations(excluding: nil)
+        let count = try store.db.read { try VMRecord.fetchCount($0) }
+        return HostSummary(cpus: host.cpus, memoryMiB: host.memoryMiB, reservedCpus: r.cpu, reservedMemoryMiB: r.memoryMiB,
+                           cgroup: cgroups.backend.rawValue, vms: count)
     }
 }

@@ -13,6 +13,7 @@ extension Manager {
         let vms = try store.vms()
         reconcileCount += 1
         if reconcileCount % 25 == 0 { removeStrayCgroups(vms) }
+        if reconcileCount % 3000 == 0 { try store.pruneEvents(keeping: 100_000) } // every 10 minutes
         for vm in vms {
             let state = VMState(rawValue: vm.observed) ?? .exited
             if state.isActive {

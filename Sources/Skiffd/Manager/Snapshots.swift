@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import GRDB
 
 extension Manager {
     /// A full snapshot through `skiff snapshot SOCKET DIR` (the one client
@@ -54,10 +55,11 @@ extension Manager {
         var spec = try JSON.decode(VMSpec.self, vm.spec)
         spec.snapshot = snap.path
         // Clone numbers go on from the VMs already restored from this snapshot.
-        var first = 0
-        for other in try store.vms() {
-            if let s = try? JSON.decode(VMSpec.self, other.spec), s.snapshot == snap.path, let i = s.cloneIndex { first = max(first, i + 1) }
+        let highest = try store.db.read { db in
+            try Int.fetchOne(db, sql: "SELECT MAX(json_extract(spec, '$.cloneIndex')) FROM vm WHERE json_extract(spec, '$.snapshot') = ?",
+                             arguments: [snap.path])
         }
+        let first = highest.map { $0 + 1 } ?? 0
         var made: [VMRecord] = []
         for i in 0..<count {
             var s = spec

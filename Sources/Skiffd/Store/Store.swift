@@ -10,6 +10,10 @@ final class Store: Sendable {
     init(path: String) throws {
         var config = Configuration()
         config.busyMode = .timeout(5)
+        // WAL with synchronous=NORMAL: a commit survives skiffd being killed
+        // at any point (the state this manager must explain); only a power
+        // loss can take back the last commits, never corrupt the database.
+        config.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
         db = try DatabasePool(path: path, configuration: config)
         try Self.migrator.migrate(db)
     }
@@ -132,6 +136,11 @@ final class Store: Sendable {
     func event(_ vm: String, _ kind: String, _ detail: String? = nil) {
         let e = EventRecord(seq: nil, time: Int64(Date().timeIntervalSince1970 * 1000), vm: vm, kind: kind, detail: detail)
         _ = try? db.write { try e.insert($0) }
+    }
+
+    /// The event log is bounded: the oldest beyond `keeping` go.
+    func pruneEvents(keeping: Int64) throws {
+        try db.write { try $0.execute(sql: "DELETE FROM event WHERE seq <= (SELECT MAX(seq) FROM event) - ?", arguments: [keeping]) }
     }
 
     func events(since: Int64, limit: Int = 10_000) throws -> [EventRecord] {
