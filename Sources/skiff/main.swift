@@ -291,8 +291,13 @@ func restore(_ args: ArraySlice<String>) -> Never {
 }
 
 let args = CommandLine.arguments.dropFirst()
-/// `skiff pause SOCKET` (a VM's control socket) or `skiff pause NAME` (skiffd's VM).
-func isSocketPath(_ args: ArraySlice<String>) -> Bool { args.dropFirst().first?.contains("/") == true }
+/// `skiff pause SOCKET` (a VM's control socket: a path, or a socket file
+/// here) or `skiff pause NAME` (skiffd's VM; names never hold a '/').
+func isSocketPath(_ args: ArraySlice<String>) -> Bool {
+    guard let first = args.dropFirst().first else { return false }
+    var st = stat()
+    return first.contains("/") || (lstat(first, &st) == 0 && st.st_mode & S_IFMT == S_IFSOCK)
+}
 switch args.first {
 case "run":
     run(args.dropFirst())

@@ -34,3 +34,19 @@ final class ControlProtocolTests: XCTestCase {
         XCTAssertNotNil(String(validating: long, as: UTF8.self), "cut inside a character")
     }
 }
+
+final class ControlStatsTests: XCTestCase {
+    func testStatsRoundTripAndHostileAnswers() throws {
+        var s = ControlStats()
+        s.diskReadBytes = 1; s.diskWriteBytes = 2; s.diskReadOps = 3; s.diskWriteOps = 4
+        s.netRxBytes = 5; s.netTxBytes = 6; s.netRxPackets = 7; s.netTxPackets = 8
+        XCTAssertEqual(try ControlStats.parse(s.text), s)
+        XCTAssertEqual(try ControlStats.parse(s.text + " future_counter=9"), s, "unknown keys are a newer VMM's")
+        for bad in ["disk_read_bytes", "disk_read_bytes=-1", "disk_read_bytes=1e3", "disk_read_bytes=99999999999999999999999"] {
+            XCTAssertThrowsError(try ControlStats.parse(bad), bad)
+        }
+        XCTAssertEqual(try ControlRequest.parse(Array("stats".utf8)), .stats)
+        XCTAssertEqual(try ControlRequest.parse(Array("version".utf8)), .version)
+        XCTAssertEqual(ControlRequest.stats.line, Array("stats\n".utf8))
+    }
+}
