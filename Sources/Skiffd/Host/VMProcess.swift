@@ -50,10 +50,14 @@ enum VMProcess {
         return stat[stat.index(after: close)...].split(separator: " ").first?.first
     }
 
-    /// The identity still names a live process (not a zombie, not a reused pid).
+    /// The identity still names a live process (not a zombie, not a reused
+    /// pid): one read of /proc/PID/stat (the reconcile loop asks for every VM).
     static func isAlive(_ id: Identity) -> Bool {
-        guard let s = state(id.pid), s != "Z", s != "X" else { return false }
-        return startTime(id.pid) == id.start
+        guard let stat = try? String(contentsOfFile: "/proc/\(id.pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 19, let state = fields[0].first, state != "Z", state != "X" else { return false }
+        return Int64(fields[19]) == id.start
     }
 
     static func children(_ pid: pid_t) -> [pid_t] {

@@ -26,6 +26,8 @@ actor Manager {
     /// Launchers this skiffd started (its children, to be reaped).
     var children: Set<pid_t> = []
     var reconcileCount = 0
+    /// A meter tick is taking its readings.
+    var metering = false
 
     init(store: Store, stateDirectory: String, skiff: String, logger: Logger) {
         self.store = store
@@ -260,6 +262,7 @@ actor Manager {
             }
             if VMProcess.isAlive(id) { _ = Glibc.kill(id.pid, SIGKILL) }
             children.subtract(VMProcess.reap(children)) // a zombie still holds its cgroup
+            meterEnded(vm)
         }
         try finishDelete(vm)
         try store.end(intent)

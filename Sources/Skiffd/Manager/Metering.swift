@@ -15,6 +15,9 @@ struct Meter: Sendable {
         var io: ControlStats?
         /// The VM's start this sample belongs to (`VMRecord.generation`).
         var generation: Int64
+        /// Resident bytes at this reading (for the last stretch of a VM that ends between readings).
+        var pss: Int64 = 0
+        var paused = false
     }
     /// The last CPU reading per VM (per start: a restarted VM's cgroup counts from zero).
     var last: [String: Sample] = [:]
@@ -37,11 +40,41 @@ struct Meter: Sendable {
 }
 
 extension Manager {
+    /// What one VM's host side says now: read off the actor (a control
+    /// socket round trip and a page-table walk per VM), so API requests are
+    /// not held up behind a host of many VMs.
+    struct Reading: Sendable { var cpu: Double; var io: ControlStats?; var pss: Int64 }
+
+    nonisolated static func read(_ id: VMProcess.Identity, cgroups: Cgroups, cgroup: String, socket: String) -> Reading {
+        let tree = [id.pid] + VMProcess.descendants(id.pid)
+        let cpu = cgroups.cpuSeconds(cgroup) ?? cpuSeconds(of: tree)
+        // The VMM's own device counters (what the guest moved); a paused
+        // or busy VMM that does not answer in time is asked next tick.
+        var io: ControlStats?
+        if case .ok(let text)? = try? ControlChannel.request(.stats, socket: socket, timeoutMs: 200) { io = try? ControlStats.parse(text) }
+        return Reading(cpu: cpu, io: io, pss: proportionalBytes(tree))
+    }
+
     /// One sample of every VM's use since the last.
-    func meterTick() throws {
+    func meterTick() async throws {
+        // One at a time (the actor is re-entered while the readings are
+        // taken): a second tick waits for the first, then reads afresh.
+        while metering { try await Task.sleep(nanoseconds: 5_000_000) }
+        metering = true
+        defer { metering = false }
+        let vms = try store.vms()
+        let targets = vms.compactMap { vm -> (String, VMProcess.Identity, String, String)? in
+            guard VMState(rawValue: vm.observed)?.isActive == true, let id = identity(vm) else { return nil }
+            return (vm.name, id, Self.cgroupName(vm), directory(vm).controlSocket)
+        }
+        let cgroups = self.cgroups
+        let readings = await Task.detached {
+            Dictionary(targets.map { ($0.0, Manager.read($0.1, cgroups: cgroups, cgroup: $0.2, socket: $0.3)) }, uniquingKeysWith: { a, _ in a })
+        }.value
         let now = Date()
         let minute = Meter.minute(now)
         var finished: [UsageRecord] = []
+        // The rows again: a VM may have stopped, restarted or gone meanwhile.
         for vm in try store.vms() {
             let state = VMState(rawValue: vm.observed) ?? .exited
             var u = meter.current[vm.name] ?? Meter.empty(vm.name, minute)
@@ -49,17 +82,12 @@ extension Manager {
                 finished.append(u)
                 u = Meter.empty(vm.name, minute)
             }
-            guard state.isActive, let id = identity(vm) else {
+            guard state.isActive, identity(vm) != nil, let reading = readings[vm.name],
+                  targets.contains(where: { $0.0 == vm.name && $0.1 == identity(vm) }) else {
                 meter.current[vm.name] = u
                 continue
             }
-            let cpu = cgroups.cpuSeconds(Self.cgroupName(vm)) ?? Self.cpuSeconds(of: [id.pid] + VMProcess.descendants(id.pid))
-            // The VMM's own device counters (what the guest moved); a paused
-            // or busy VMM that does not answer in time is asked next tick.
-            var io: ControlStats?
-            if case .ok(let text)? = try? ControlChannel.request(.stats, socket: directory(vm).controlSocket, timeoutMs: 200) {
-                io = try? ControlStats.parse(text)
-            }
+            let cpu = reading.cpu, io = reading.io
             if let previous = meter.last[vm.name], previous.generation == vm.generation {
                 let dt = now.timeIntervalSince(previous.time)
                 u.vcpuSeconds += max(0, cpu - previous.cpuSeconds)
@@ -72,15 +100,36 @@ extension Manager {
                     u.netRxBytes += delta(io.netRxBytes, before.netRxBytes)
                     u.netTxBytes += delta(io.netTxBytes, before.netTxBytes)
                 }
-                let pss = Self.proportionalBytes([id.pid] + VMProcess.descendants(id.pid))
+                let pss = reading.pss
                 u.memoryGiBSeconds += Double(pss) / Double(1 << 30) * dt
                 if state == .paused { u.secondsPaused += dt } else { u.secondsRunning += dt }
             }
-            meter.last[vm.name] = Meter.Sample(cpuSeconds: cpu, time: now, io: io ?? meter.last[vm.name]?.io, generation: vm.generation)
-            u.snapshotBytes = try store.db.read { try Int64.fetchOne($0, sql: "SELECT COALESCE(SUM(bytes), 0) FROM snapshot WHERE vm = ?", arguments: [vm.name]) } ?? 0
+            meter.last[vm.name] = Meter.Sample(cpuSeconds: cpu, time: now, io: io ?? meter.last[vm.name]?.io, generation: vm.generation,
+                                               pss: reading.pss, paused: state == .paused)
+            u.snapshotBytes = try await store.db.read { try Int64.fetchOne($0, sql: "SELECT COALESCE(SUM(bytes), 0) FROM snapshot WHERE vm = ?", arguments: [vm.name]) } ?? 0
             meter.current[vm.name] = u
         }
         try flush(finished + Array(meter.current.values))
+    }
+
+    /// The VM's process is gone (its cgroup not yet removed): bills the
+    /// stretch since the last reading, CPU from the cgroup's final count and
+    /// memory at the last resident size. Device counters since the last
+    /// reading died with the VMM.
+    func meterEnded(_ vm: VMRecord) {
+        defer { meter.ended(vm.name) }
+        guard let previous = meter.last[vm.name], previous.generation == vm.generation else { return }
+        let now = Date(), dt = now.timeIntervalSince(previous.time)
+        var u = meter.current[vm.name] ?? Meter.empty(vm.name, Meter.minute(now))
+        if u.minute != Meter.minute(now) {
+            try? flush([u])
+            u = Meter.empty(vm.name, Meter.minute(now))
+        }
+        if let cpu = cgroups.cpuSeconds(Self.cgroupName(vm)) { u.vcpuSeconds += max(0, cpu - previous.cpuSeconds) }
+        u.memoryGiBSeconds += Double(previous.pss) / Double(1 << 30) * dt
+        if previous.paused { u.secondsPaused += dt } else { u.secondsRunning += dt }
+        meter.current[vm.name] = u
+        try? flush([u])
     }
 
     /// Writes finished minutes and the one in progress (replaced as it
@@ -135,10 +184,10 @@ extension Manager {
     }
 
     /// Use per VM over [from, to), from the stored minutes.
-    func usage(from: Int64?, to: Int64?) throws -> [UsageRecord] {
-        try meterTick() // up to this moment
+    func usage(from: Int64?, to: Int64?) async throws -> [UsageRecord] {
+        try await meterTick() // up to this moment
         let lo = from ?? 0, hi = to ?? Int64.max
-        return try store.db.read { db in
+        return try await store.db.read { db in
             try UsageRecord.fetchAll(db, sql: """
                 SELECT vm, MIN(minute) AS minute, SUM(vcpuSeconds) AS vcpuSeconds, SUM(memoryGiBSeconds) AS memoryGiBSeconds,
                        SUM(diskReadBytes) AS diskReadBytes, SUM(diskWriteBytes) AS diskWriteBytes, SUM(diskReadOps) AS diskReadOps,
@@ -153,8 +202,8 @@ extension Manager {
 extension Manager {
     /// The Prometheus exposition, with names in KubeVirt's style
     /// (`kubevirt_vmi_*` there, `skiff_vm_*` here).
-    func prometheusText() throws -> String {
-        let totals = try usage(from: nil, to: nil)
+    func prometheusText() async throws -> String {
+        let totals = try await usage(from: nil, to: nil)
         let vms = Dictionary(try store.vms().map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         var out = ""
         func family(_ name: String, _ type: String, _ help: String, _ value: (UsageRecord) -> Double) {

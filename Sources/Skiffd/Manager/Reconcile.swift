@@ -61,6 +61,7 @@ extension Manager {
         let status = record.status
         let reason = record.reason ?? (status == nil ? "the VM's process was killed (no exit status recorded)" : "exit status \(status!)")
         stopDeadlines[vm.name] = nil
+        meterEnded(vm) // before the cgroup, which holds the final CPU count, goes
         releaseCgroup(vm)
         unlink(directory(vm).controlSocket)
         guard let updated = try store.update(vm.name, { v in
@@ -70,7 +71,6 @@ extension Manager {
             v.stoppedAt = Int64(Date().timeIntervalSince1970)
             v.pid = nil; v.pidStart = nil
         }) else { return }
-        meter.ended(vm.name)
         store.event(vm.name, asked ? "stopped" : "exited", "\(reason) (status \(status.map(String.init) ?? "unknown"))")
         if !asked { try scheduleRestart(updated, failed: status != 0) }
     }
