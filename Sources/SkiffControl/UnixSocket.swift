@@ -13,6 +13,37 @@ public enum UnixSocket {
 
     static func align(_ n: Int) -> Int { (n + 7) & ~7 }
 
+    /// A stream connection to the socket at `path` (close-on-exec), with
+    /// send and receive timeouts when given; -1 with errno on failure
+    /// (ENAMETOOLONG for a path that does not fit sun_path).
+    public static func connect(_ path: String, timeoutMs: Int32? = nil) -> Int32 {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path), !bytes.contains(0) else { errno = ENAMETOOLONG; return -1 }
+        withUnsafeMutableBytes(of: &address.sun_path) { p in
+            p.copyBytes(from: bytes)
+            p[bytes.count] = 0
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return -1 }
+        if let ms = timeoutMs {
+            var tv = timeval(tv_sec: Int(ms / 1000), tv_usec: Int(ms % 1000) * 1000)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else {
+            let e = errno
+            close(fd)
+            errno = e
+            return -1
+        }
+        return fd
+    }
+
     /// Sends `bytes` in one sendmsg, `descriptors` attached to them (at
     /// most `maxDescriptors`). Returns what sendmsg returns (-1 with errno).
     public static func send(_ fd: Int32, _ bytes: [UInt8], passing descriptors: [Int32]) -> Int {

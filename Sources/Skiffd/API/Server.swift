@@ -8,6 +8,7 @@ import OpenAPIHummingbird
 import OpenAPIRuntime
 import ServiceLifecycle
 import SkiffAPI
+import SkiffControl
 
 /// skiffd: the REST API on a Unix socket (root and the `skiff` group) and,
 /// when configured, on TCP with a bearer token; the reconcile loop and the
@@ -84,7 +85,11 @@ public struct Daemon: Sendable {
         var st = stat()
         guard lstat(path, &st) == 0 else { return }
         guard st.st_mode & S_IFMT == S_IFSOCK else { throw ManagerError.invalid("\(path) exists and is not a socket: move it away") }
-        if (try? ControlChannelProbe.connects(path)) == true { throw ManagerError.conflict("another skiffd is listening on \(path)") }
+        let probe = UnixSocket.connect(path)
+        if probe >= 0 {
+            close(probe)
+            throw ManagerError.conflict("another skiffd is listening on \(path)")
+        }
         unlink(path)
     }
 
@@ -101,22 +106,6 @@ public struct Daemon: Sendable {
             guard mkdir(prefix, 0o755) == 0 || errno == EEXIST else { throw ManagerError.internal("\(prefix): \(String(cString: strerror(errno)))") }
         }
         chmod(path, mode)
-    }
-}
-
-enum ControlChannelProbe {
-    static func connects(_ path: String) throws -> Bool {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
-        withUnsafeMutableBytes(of: &address.sun_path) { p in p.copyBytes(from: bytes); p[bytes.count] = 0 }
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        } == 0
     }
 }
 

@@ -6,24 +6,11 @@ import SkiffControl
 /// the event loop.
 enum ControlChannel {
     static func request(_ request: ControlRequest, socket path: String, timeoutMs: Int32 = 5000) throws -> ControlReply {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw ManagerError.internal("socket: \(String(cString: strerror(errno)))") }
+        let fd = UnixSocket.connect(path, timeoutMs: timeoutMs)
+        guard fd >= 0 else {
+            throw ManagerError.conflict("the VM's control socket does not answer (\(String(cString: strerror(errno)))): is it still starting or already gone?")
+        }
         defer { close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw ManagerError.internal("\(path): path too long") }
-        withUnsafeMutableBytes(of: &address.sun_path) { p in
-            p.copyBytes(from: bytes)
-            p[bytes.count] = 0
-        }
-        var tv = timeval(tv_sec: Int(timeoutMs / 1000), tv_usec: Int(timeoutMs % 1000) * 1000)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard connected == 0 else { throw ManagerError.conflict("the VM's control socket does not answer (\(String(cString: strerror(errno)))): is it still starting or already gone?") }
         let line = request.line
         guard line.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == line.count else {
             throw ManagerError.conflict("the VM's control socket closed: \(String(cString: strerror(errno)))")
