@@ -84,12 +84,11 @@ enum ControlClient {
     }
 
     static func connect(_ path: String) -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { fail("socket: \(String(cString: strerror(errno)))", status: 1) }
-        var address = sockaddr_un()
-        guard unixAddress(path, &address) else { fail("\(path): path too long", status: 2) }
-        let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard connected == 0 else { fail("\(path): \(String(cString: strerror(errno))) (is a VM running with --control-socket \(path)?)", status: 2) }
+        let fd = UnixSocket.connect(path)
+        guard fd >= 0 else {
+            if errno == ENAMETOOLONG { fail("\(path): path too long", status: 2) }
+            fail("\(path): \(String(cString: strerror(errno))) (is a VM running with --control-socket \(path)?)", status: 2)
+        }
         return fd
     }
 
