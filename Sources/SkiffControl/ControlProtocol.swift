@@ -1,3 +1,5 @@
+import Glibc
+
 /// The control socket's protocol: one request per line, one reply line per
 /// request. The grammar lives here only; the VM's server and the `skiff`
 /// client both use it, and a fuzzer (Fuzz/Sources/fuzz-control-request)
@@ -85,6 +87,22 @@ public enum ControlReply: Equatable, Sendable {
 
     /// Replies are bounded too: a client reads at most this much.
     public static let maxLine = 4096
+
+    /// Reads one reply line from a connected socket (blocking; the caller
+    /// sets a timeout if it wants one). nil: the peer closed it, or sent
+    /// more than a line's worth, without a newline.
+    public static func read(from fd: Int32) throws(ControlProtocolError) -> ControlReply? {
+        var answer: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while !answer.contains(0x0a) && answer.count <= maxLine {
+            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { break }
+            answer += buf.prefix(n)
+        }
+        guard let end = answer.firstIndex(of: 0x0a) else { return nil }
+        return try parse(Array(answer[..<end]))
+    }
 
     public static func parse(_ line: [UInt8]) throws(ControlProtocolError) -> ControlReply {
         guard line.count <= maxLine else { throw ControlProtocolError("reply longer than \(maxLine) bytes") }

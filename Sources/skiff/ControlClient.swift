@@ -102,19 +102,13 @@ enum ControlClient {
             sent += n
         }
         guard sent == line.count else { fail("\(path): sending the request: \(String(cString: strerror(errno)))", status: 1) }
-        var answer: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while !answer.contains(0x0a) && answer.count <= ControlReply.maxLine {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { break }
-            answer += buf.prefix(n)
-        }
-        close(fd)
-        guard let end = answer.firstIndex(of: 0x0a) else {
+        defer { close(fd) }
+        let reply: ControlReply?
+        do { reply = try ControlReply.read(from: fd) } catch { fail("\(path): \(error.description)", status: 1) }
+        guard let reply else {
             fail("\(path): the VM closed the connection without answering (is this user allowed to control it?)", status: 1)
         }
-        do { return try ControlReply.parse(Array(answer[..<end])) } catch { fail("\(path): \(error.description)", status: 1) }
+        return reply
     }
 }
 

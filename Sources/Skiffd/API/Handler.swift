@@ -118,7 +118,7 @@ struct Handler: APIProtocol {
             let path = await manager.directory(vm).console
             let head = Console.read(path, tail: input.query.tail)
             guard input.query.follow == true else { return .ok(.init(body: .plainText(HTTPBody(head)))) }
-            return .ok(.init(body: .plainText(HTTPBody(LogFollower(manager: manager, name: vm.name, path: path, first: head), length: .unknown, iterationBehavior: .single))))
+            return .ok(.init(body: .plainText(HTTPBody(followLog(manager: manager, name: vm.name, path: path, first: head), length: .unknown, iterationBehavior: .single))))
         }
     }
 

@@ -15,15 +15,9 @@ enum ControlChannel {
         guard line.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == line.count else {
             throw ManagerError.conflict("the VM's control socket closed: \(String(cString: strerror(errno)))")
         }
-        var answer: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while !answer.contains(0x0a) && answer.count <= ControlReply.maxLine {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { break }
-            answer += buf.prefix(n)
-        }
-        guard let end = answer.firstIndex(of: 0x0a) else { throw ManagerError.conflict("the VM closed its control connection without answering") }
-        do { return try ControlReply.parse(Array(answer[..<end])) } catch { throw ManagerError.internal("the VM's reply: \(error.description)") }
+        let reply: ControlReply?
+        do { reply = try ControlReply.read(from: fd) } catch { throw ManagerError.internal("the VM's reply: \(error.description)") }
+        guard let reply else { throw ManagerError.conflict("the VM closed its control connection without answering") }
+        return reply
     }
 }

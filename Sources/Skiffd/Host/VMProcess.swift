@@ -33,35 +33,27 @@ enum VMProcess {
         return Identity(pid: pid, start: startTime(pid) ?? 0)
     }
 
-    /// The process's start time, if it exists.
-    static func startTime(_ pid: pid_t) -> Int64? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return nil }
-        // Fields after the command (which may hold spaces and parentheses): state is field 3.
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        guard fields.count > 19 else { return nil }
-        return Int64(fields[19]) // field 22
-    }
-
-    /// The process state letter (R, S, Z, ...), if it exists.
-    static func state(_ pid: pid_t) -> Character? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return nil }
-        return stat[stat.index(after: close)...].split(separator: " ").first?.first
-    }
-
-    /// The identity still names a live process (not a zombie, not a reused
-    /// pid): one read of /proc/PID/stat (the reconcile loop asks for every VM).
-    static func isAlive(_ id: Identity) -> Bool {
-        guard let stat = procStat(id.pid), let close = stat.lastIndex(of: UInt8(ascii: ")")) else { return false }
+    /// A process's state letter (R, S, Z, ...) and start time, from one
+    /// read of /proc/PID/stat (the reconcile loop asks for every VM five
+    /// times a second); nil if it does not exist.
+    static func status(_ pid: pid_t) -> (state: UInt8, start: Int64)? {
+        guard let stat = procStat(pid), let close = stat.lastIndex(of: UInt8(ascii: ")")) else { return nil }
+        // Fields after the command (which may hold spaces and parentheses): state is field 3, start time field 22.
         let fields = stat[(close + 1)...].split(separator: UInt8(ascii: " "))
-        guard fields.count > 19, let state = fields[0].first, state != UInt8(ascii: "Z"), state != UInt8(ascii: "X") else { return false }
-        return Int64(String(decoding: fields[19], as: UTF8.self)) == id.start
+        guard fields.count > 19, let state = fields[0].first, let start = Int64(String(decoding: fields[19], as: UTF8.self)) else { return nil }
+        return (state, start)
     }
 
-    /// /proc/PID/stat's bytes, read with one system call (the reconcile
-    /// loop reads it for every VM five times a second: Foundation's file
-    /// reading was most of skiffd's time with 100 VMs).
+    static func startTime(_ pid: pid_t) -> Int64? { status(pid)?.start }
+
+    /// The identity still names a live process (not a zombie, not a reused pid).
+    static func isAlive(_ id: Identity) -> Bool {
+        guard let s = status(id.pid), s.state != UInt8(ascii: "Z"), s.state != UInt8(ascii: "X") else { return false }
+        return s.start == id.start
+    }
+
+    /// /proc/PID/stat's bytes, read with one system call (Foundation's
+    /// file reading was most of skiffd's time with 100 VMs, by perf).
     static func procStat(_ pid: pid_t) -> [UInt8]? {
         let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
