@@ -57,6 +57,8 @@ let package = Package(
             "SkiffAPI", "SkiffControl", "CSkiffd",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "OpenAPIHummingbird", package: "swift-openapi-hummingbird"),
+            // TLS on --tcp (swift-nio-ssl, which AsyncHTTPClient links already).
+            .product(name: "HummingbirdTLS", package: "hummingbird"),
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

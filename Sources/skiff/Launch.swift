@@ -141,15 +141,11 @@ func runMachine(_ config: VMConfiguration, resources: HostResources, snapshot: S
         // Before the VM is built: a restored VM starts its device threads
         // at once, and every thread must run under its filter.
         if options.seccomp { try Seccomp.start() }
+        let output = try ConsoleOutput.standardOutput(), guest = GuestReport()
         let machine = try VirtualMachine(config, resources: resources, restoring: snapshot,
-                                         consoleOutput: try ConsoleOutput.standardOutput().write)
+                                         consoleOutput: { guest.feed($0); output.write($0) })
         let reason = try machine.run(startPaused: options.paused, mainSpawnsProcesses: mainSpawnsProcesses)
-        ExitFile.write("reason \(reason.description)\n")
-        if reason.exitStatus != 0 || { if case .reset = reason { return false }; return true }() {
-            report(reason.description)
-            return reason.exitStatus
-        }
-        return 0
+        return exitStatus(reason, guest.ending)
     } catch let e as UserInputError {
         report(e.description)
         ExitFile.write("reason \(e.description)\n")
@@ -159,6 +155,29 @@ func runMachine(_ config: VMConfiguration, resources: HostResources, snapshot: S
         ExitFile.write("reason \(error)\n")
         return 1
     }
+}
+
+/// `skiff run`'s status for a VM that stopped: like `docker run`, the
+/// status of the command the guest ran (`skiff: exit N` on its console),
+/// or 1 with the reason for a guest kernel panic or a VMM failure; 0 for
+/// any other orderly stop. The reason goes to the exit file either way.
+func exitStatus(_ reason: StopReason, _ guest: GuestReport.Ending) -> Int32 {
+    let guestEnded: Bool
+    switch reason {
+    case .reset, .powerOff, .tripleFault: guestEnded = true
+    default: guestEnded = false
+    }
+    if guestEnded, let panic = guest.panic {
+        let text = "guest kernel panic: \(panic)"
+        ExitFile.write("reason \(text)\n")
+        report(text)
+        return 1
+    }
+    ExitFile.write("reason \(reason.description)\n")
+    if reason.exitStatus != 0 { report(reason.description); return reason.exitStatus }
+    if case .reset = reason {} else { report(reason.description) }
+    if guestEnded, let status = guest.exitStatus { return status }
+    return 0
 }
 
 func report(_ message: String) {

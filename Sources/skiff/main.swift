@@ -10,7 +10,8 @@ import Machine
 import VMM
 
 let usage = """
-usage: skiff run [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--cpus N]
+usage: skiff run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--append TEXT]...
+                 [--cpus N]
                  [--memory MIB] [--cpu-template host|pvm]
                  [--disk PATH[,ro][,id=NAME][,direct]]... [--rng]
                  [--net tap=NAME[,mac=MAC][,host=ADDR/PREFIX][,bridge=BR][,nat]]...
@@ -33,8 +34,20 @@ Environment: SKIFF_CACHE (default /var/cache/skiff) holds built images;
 SKIFF_KVM_DEVICE (default /dev/kvm) names the KVM device.
 
 `skiff run` with no --kernel boots the default guest (Skiff's kernel and a
-busybox initramfs). Exit status: 0 when the guest resets or powers off,
-1 on a KVM error or emulation failure, 2 when what was given is wrong.
+busybox initramfs). --cmdline replaces the kernel command line, which is
+by default:
+  \(VMConfiguration.defaultCommandLine)
+--append adds to the command line: `--append 'skiff_run="uname -a; exit 3"'`
+makes the default guest run that command and power off.
+--config FILE reads the VM from a JSON document in the shape of
+Firecracker's --config-file (boot-source, machine-config, drives,
+network-interfaces, vsock, balloon, entropy; see docs/config.md); flags
+after it override what it says.
+
+Exit status: the status of the command the default guest ran (skiff_run),
+else 0 when the guest resets or powers off; 1 on a guest kernel panic, a
+KVM error or an emulation failure (the reason on standard error); 2 when
+what was given is wrong.
 """
 
 func fail(_ message: String, status: Int32) -> Never {
@@ -48,6 +61,9 @@ struct RunOptions {
     var kernel: String?
     var initrd: String?
     var cmdline: String?
+    /// `--append TEXT`: more parameters after the command line (the
+    /// default one unless --cmdline replaced it).
+    var append: [String] = []
     var cpus = 1
     var memoryMiB: UInt64 = 128
     var template: CPUTemplate?
@@ -82,6 +98,7 @@ struct RunOptions {
         }
         while let arg = rest.popFirst() {
             given.append(String(arg.prefix { $0 != "=" }))
+            if arg == "--help" || arg == "-h" { print(usage); exit(0) }
             if arg == "--rng" { rng = true; continue }
             if arg == "--track-dirty-pages" { trackDirtyPages = true; continue }
             if arg == "--paused" { paused = true; continue }
@@ -102,7 +119,9 @@ struct RunOptions {
             switch flag {
             case "--kernel": kernel = try v()
             case "--initrd": initrd = try v()
+            case "--config": try apply(configFile: try v())
             case "--cmdline": cmdline = try v()
+            case "--append": append.append(try v())
             case "--cpus":
                 let s = try v()
                 guard let n = Int(s) else { throw ConfigurationError("--cpus \(s): not a number") }
@@ -239,6 +258,7 @@ func run(_ args: ArraySlice<String>) -> Never {
         }
     } catch { fail("default guest: \(error)", status: 1) }
     if let c = options.cmdline { config.commandLine = c }
+    if !options.append.isEmpty { config.commandLine = ([config.commandLine] + options.append).joined(separator: " ") }
     config.cpus = options.cpus
     config.memoryMiB = options.memoryMiB
     config.cpuTemplate = options.template
@@ -307,7 +327,10 @@ case "clone" where args.dropFirst().first.map(Manager.isDirectory) == false:
     Manager.handOver(args) // a VM of skiffd's, by name
 case "clone":
     Clone.main(args.dropFirst())
-case "pause" where isSocketPath(args), "resume" where isSocketPath(args), "status", "snapshot" where isSocketPath(args):
+case "status",
+     "pause" where isSocketPath(args),
+     "resume" where isSocketPath(args),
+     "snapshot" where isSocketPath(args):
     ControlClient.main(args) // a VM's control socket, by path
 case "ps", "create", "start", "stop", "kill", "pause", "resume", "rm", "logs", "inspect", "snapshot", "usage", "events":
     Manager.handOver(args)

@@ -17,6 +17,9 @@ struct SkiffdCommand: AsyncParsableCommand {
     @Option(help: "The skiff binary that runs each VM (default: the one beside skiffd).") var skiff: String?
     @Option(help: "Also listen on HOST:PORT (bearer token required).") var tcp: String?
     @Option(help: "A file with the bearer token for --tcp.") var tokenFile: String?
+    @Option(help: "TLS for --tcp: the server's certificate chain (PEM).") var tlsCert: String?
+    @Option(help: "TLS for --tcp: the server's private key (PEM).") var tlsKey: String?
+    @Option(help: "At most this many VMs on this host (created ones count, running or not).") var maxVms = 1000
 
     func run() async throws {
         var o = Daemon.Options()
@@ -26,6 +29,9 @@ struct SkiffdCommand: AsyncParsableCommand {
             ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("skiff").path
         o.tcp = tcp
         o.tokenFile = tokenFile
+        o.tlsCertificate = tlsCert
+        o.tlsKey = tlsKey
+        o.maxVMs = maxVms
         do { try await Daemon.run(o) } catch {
             FileHandle.standardError.write(Data("skiffd: \(error)\n".utf8))
             throw ExitCode(1)

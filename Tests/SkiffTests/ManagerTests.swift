@@ -205,6 +205,43 @@ final class ManagerTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("skiffd is not running"), r.stderr)
     }
 
+    /// TCP: TLS with the given certificate, the bearer token always, and
+    /// no plain TCP beyond loopback.
+    func testTCPWithTLSAndABearerToken() throws {
+        m.stop()
+        let cert = m.root + "/cert.pem", key = m.root + "/key.pem", token = m.root + "/token"
+        let made = try Harness.run("/usr/bin/openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                                                        "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+                                                        "-addext", "subjectAltName=IP:127.0.0.1"], timeout: 30)
+        XCTAssertEqual(made.status, 0, made.stderr)
+        try "tls-token-for-the-test-\(getpid())".write(toFile: token, atomically: true, encoding: .utf8)
+        let port = 19_300 + Int(getpid() % 200)
+        func daemon(_ extra: [String]) throws -> Harness.Result {
+            try Harness.run(ManagerHarness.skiffd, ["--state-dir", m.state, "--socket", m.socket, "--skiff", Harness.skiff] + extra, timeout: 30)
+        }
+        var r = try daemon(["--tcp", "0.0.0.0:\(port)", "--token-file", token])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("needs TLS"), r.stderr)
+        r = try daemon(["--tcp", "127.0.0.1:\(port)", "--token-file", token, "--tls-cert", token, "--tls-key", key])
+        XCTAssertNotEqual(r.status, 0, "a token file is no certificate")
+        XCTAssertTrue(r.stderr.contains("--tls-cert"), r.stderr)
+        r = try daemon(["--tcp", "127.0.0.1:\(port)", "--token-file", token, "--tls-cert", cert])
+        XCTAssertTrue(r.stderr.contains("both --tls-cert and --tls-key"), r.stderr)
+
+        try m.start(extra: ["--tcp", "127.0.0.1:\(port)", "--token-file", token, "--tls-cert", cert, "--tls-key", key])
+        func curl(_ args: [String]) throws -> Harness.Result {
+            try Harness.run("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20"] + args, timeout: 30)
+        }
+        let url = "https://127.0.0.1:\(port)/v1/vms"
+        let bearer = "Authorization: Bearer tls-token-for-the-test-\(getpid())"
+        XCTAssertEqual(try curl(["--cacert", cert, "-H", bearer, url]).stdout, "200", "TLS with the token")
+        XCTAssertEqual(try curl(["--cacert", cert, url]).stdout, "401", "TLS without the token")
+        XCTAssertEqual(try curl(["--cacert", cert, "-H", "Authorization: Bearer wrong-wrong-wrong-wrong", url]).stdout, "401")
+        XCTAssertNotEqual(try curl(["-H", bearer, url]).status, 0, "a client that does not trust the certificate must fail")
+        XCTAssertNotEqual(try curl(["-H", bearer, "http://127.0.0.1:\(port)/v1/vms"]).stdout, "200", "plain HTTP on the TLS port")
+        XCTAssertNotEqual(try curl(["--cacert", cert, "--tls-max", "1.1", "-H", bearer, url]).stdout, "200", "TLS 1.1")
+    }
+
     func testRestartPolicies() throws {
         let failing = Harness.probe("emulation-failure")
         XCTAssertEqual(try m.create(["name": "fails", "kernel": failing, "restartPolicy": "on-failure"]).status, 201)

@@ -125,7 +125,7 @@ struct Handler: APIProtocol {
     func getEvents(_ input: Operations.GetEvents.Input) async throws -> Operations.GetEvents.Output {
         await respond {
             if let s = input.query.since, s < 0 { throw ManagerError.invalid("since \(s): a sequence number, 0 or more") }
-            let events = try await manager.store.events(since: input.query.since ?? 0)
+            let events = try manager.store.events(since: input.query.since ?? 0)
             return .ok(.init(body: .json(.init(items: events.map { .init(seq: $0.seq ?? 0, time: $0.time, vm: $0.vm, kind: $0.kind, detail: $0.detail) }))))
         }
     }

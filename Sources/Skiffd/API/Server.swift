@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import HTTPTypes
 import Hummingbird
+import HummingbirdTLS
 import Logging
 import NIOCore
 import OpenAPIHummingbird
@@ -23,6 +24,13 @@ public struct Daemon: Sendable {
         public var tcp: String?
         /// A file holding the bearer token TCP clients must send.
         public var tokenFile: String?
+        /// PEM files: the certificate chain and private key TCP is served
+        /// with. Without them TCP is allowed on a loopback address only
+        /// (a token must not cross a network in the clear).
+        public var tlsCertificate: String?
+        public var tlsKey: String?
+        /// Creates beyond this many VMs are refused (422).
+        public var maxVMs = 1000
         public init() {}
     }
 
@@ -44,7 +52,8 @@ public struct Daemon: Sendable {
         try claimSocket(options.socket)
 
         let store = try Store(path: options.stateDirectory + "/skiffd.sqlite")
-        let manager = Manager(store: store, stateDirectory: options.stateDirectory, skiff: options.skiff, logger: logger)
+        let manager = Manager(store: store, stateDirectory: options.stateDirectory, skiff: options.skiff,
+                              maxVMs: options.maxVMs, logger: logger)
         let report = try await manager.recover()
         logger.info("skiffd \(Handler.version): state \(options.stateDirectory), \(report)")
 
@@ -58,14 +67,38 @@ public struct Daemon: Sendable {
             }
             let parts = tcp.split(separator: ":")
             guard parts.count == 2, let port = Int(parts[1]) else { throw ManagerError.invalid("--tcp \(tcp): give HOST:PORT") }
-            services.append(try application(manager, address: .hostname(String(parts[0]), port: port), token: token, logger: logger, onRunning: {}))
+            let host = String(parts[0])
+            let tls = try tlsConfiguration(options)
+            guard tls != nil || ["127.0.0.1", "localhost", "::1"].contains(host) else {
+                throw ManagerError.invalid("--tcp \(tcp): TCP beyond this host needs TLS (--tls-cert FILE --tls-key FILE); plain TCP only on 127.0.0.1")
+            }
+            services.append(try application(manager, address: .hostname(host, port: port), token: token, tls: tls, logger: logger, onRunning: {}))
         }
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         unlink(options.socket)
     }
 
-    static func application(_ manager: Manager, address: BindAddress, token: String?, logger: Logger,
+    /// The server's TLS settings from --tls-cert and --tls-key (both or neither).
+    static func tlsConfiguration(_ options: Options) throws -> TLSConfiguration? {
+        switch (options.tlsCertificate, options.tlsKey) {
+        case (nil, nil): return nil
+        case (let cert?, let key?):
+            do {
+                let chain = try NIOSSLCertificate.fromPEMFile(cert)
+                guard !chain.isEmpty else { throw ManagerError.invalid("--tls-cert \(cert): no certificate in it") }
+                let privateKey = try NIOSSLPrivateKey(file: key, format: .pem)
+                var c = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(privateKey))
+                c.minimumTLSVersion = .tlsv12
+                return c
+            } catch let e as ManagerError { throw e } catch {
+                throw ManagerError.invalid("--tls-cert \(cert) / --tls-key \(key): \(error)")
+            }
+        default: throw ManagerError.invalid("give both --tls-cert and --tls-key")
+        }
+    }
+
+    static func application(_ manager: Manager, address: BindAddress, token: String?, tls: TLSConfiguration? = nil, logger: Logger,
                             onRunning: @escaping @Sendable () -> Void) throws -> some Service {
         let router = Router()
         router.add(middleware: ProblemMiddleware())
@@ -76,7 +109,8 @@ public struct Daemon: Sendable {
             let text = try await manager.prometheusText()
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))
         }
-        return Application(router: router, configuration: .init(address: address, serverName: "skiffd"),
+        return Application(router: router, server: try tls.map { try .tls(.http1(), tlsConfiguration: $0) } ?? .http1(),
+                           configuration: .init(address: address, serverName: "skiffd"),
                            onServerRunning: { _ in onRunning() }, logger: logger)
     }
 

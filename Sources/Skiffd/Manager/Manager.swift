@@ -17,6 +17,8 @@ actor Manager {
     let skiff: String
     let logger: Logger
     let host: HostCapacity
+    /// skiffd --max-vms.
+    let maxVMs: Int
 
     /// VMs with an operation in flight (a snapshot, a delete): others on them wait or are refused.
     var busy: [String: String] = [:]
@@ -29,13 +31,14 @@ actor Manager {
     /// A meter tick is taking its readings.
     var metering = false
 
-    init(store: Store, stateDirectory: String, skiff: String, logger: Logger) {
+    init(store: Store, stateDirectory: String, skiff: String, maxVMs: Int = 1000, logger: Logger) {
         self.store = store
         self.cgroups = Cgroups.detect()
         self.stateDirectory = stateDirectory
         self.skiff = skiff
         self.logger = logger
         self.host = HostCapacity.read()
+        self.maxVMs = maxVMs
     }
 
     func directory(_ vm: VMRecord) -> VMDirectory { VMDirectory(path: stateDirectory + "/vms/" + vm.id) }
@@ -65,6 +68,10 @@ actor Manager {
         }
         guard busy[r.name] == nil else { throw ManagerError.conflict("a VM named \(r.name) is being \(busy[r.name]!)") }
         if try store.vm(named: r.name) != nil { throw ManagerError.conflict("a VM named \(r.name) exists already; pick another name or delete it first") }
+        let count = try store.db.read { try VMRecord.fetchCount($0) }
+        guard count < maxVMs else {
+            throw ManagerError.insufficient("this host holds \(count) VMs, its most (skiffd --max-vms \(maxVMs)): delete one first")
+        }
         if r.start { try admit(r.spec, excluding: nil) }
         let now = Int64(Date().timeIntervalSince1970)
         let vm = VMRecord(id: Self.newID(), name: r.name, spec: try JSON.encode(r.spec), labels: try JSON.encode(r.labels),
@@ -185,7 +192,7 @@ actor Manager {
 
     // MARK: stop, kill, pause, resume
 
-    func stop(_ name: String, timeoutSeconds: Int) throws -> VMRecord {
+    func stop(_ name: String, timeoutSeconds: Int) async throws -> VMRecord {
         let vm = try existing(name)
         try idle(name)
         guard let updated = try store.update(name, { v in
@@ -195,11 +202,12 @@ actor Manager {
         }) else { throw ManagerError.notFound("no VM named \(name)") }
         guard VMState(rawValue: vm.observed)?.isActive == true else { return updated }
         stopDeadlines[name] = Date().addingTimeInterval(Double(timeoutSeconds))
-        if (try? ControlChannel.request(.stop, socket: directory(vm).controlSocket, timeoutMs: 2000)) == nil {
-            // Still starting (no socket yet), or wedged: the launcher passes SIGTERM on.
-            if let id = identity(vm) { _ = Glibc.kill(id.pid, SIGTERM) }
-        }
         store.event(name, "stopping")
+        if (try? await ControlChannel.ask(.stop, socket: directory(vm).controlSocket, timeoutMs: 2000)) == nil {
+            // Still starting (no socket yet), or wedged: the launcher passes
+            // SIGTERM on, if it is still the process asked (the actor was free meanwhile).
+            if let id = identity(vm), (try? store.vm(named: name))?.pidStart == id.start { _ = Glibc.kill(id.pid, SIGTERM) }
+        }
         return updated
     }
 
@@ -222,17 +230,20 @@ actor Manager {
         if below.isEmpty { _ = Glibc.kill(id.pid, SIGKILL) } else { for p in below.reversed() { Glibc.kill(p, SIGKILL) } }
     }
 
-    func pause(_ name: String) throws -> VMRecord { try control(name, .pause, from: .running, to: .paused, desired: .paused, event: "paused") }
-    func resume(_ name: String) throws -> VMRecord { try control(name, .resume, from: .paused, to: .running, desired: .running, event: "resumed") }
+    func pause(_ name: String) async throws -> VMRecord { try await control(name, .pause, from: .running, to: .paused, desired: .paused, doing: "paused") }
+    func resume(_ name: String) async throws -> VMRecord { try await control(name, .resume, from: .paused, to: .running, desired: .running, doing: "resumed") }
 
-    private func control(_ name: String, _ request: ControlRequest, from: VMState, to: VMState, desired: DesiredState, event: String) throws -> VMRecord {
+    private func control(_ name: String, _ request: ControlRequest, from: VMState, to: VMState, desired: DesiredState, doing event: String) async throws -> VMRecord {
         let vm = try existing(name)
         try idle(name)
         guard vm.observed == from.rawValue else {
             throw ManagerError.conflict("\(name) is \(vm.observed), not \(from.rawValue)")
         }
         try store.update(name) { $0.desired = desired.rawValue }
-        switch try ControlChannel.request(request, socket: directory(vm).controlSocket) {
+        // The VM is this operation's while the VMM answers (off the actor).
+        busy[name] = event
+        defer { busy[name] = nil }
+        switch try await ControlChannel.ask(request, socket: directory(vm).controlSocket) {
         case .ok: break
         case .error(let text): throw ManagerError.conflict("\(name): \(text)")
         }
@@ -269,22 +280,23 @@ actor Manager {
         store.event(name, "deleted")
     }
 
-    /// Removes the VM's cgroup once its last process is gone: a launcher
-    /// that exited but is not reaped yet still holds it, so reap and retry
-    /// for a while (the reconcile loop sweeps up what is left after that).
-    func releaseCgroup(_ vm: VMRecord) {
+    /// Removes the VM's cgroup once its last process is gone. A launcher
+    /// that exited but is not reaped yet still holds it: `waiting`, reap and
+    /// retry for up to half a second (a delete, which has the VM to itself);
+    /// otherwise one try, and the reconcile loop sweeps up what is left.
+    func releaseCgroup(_ vm: VMRecord, waiting: Bool) {
         let name = Self.cgroupName(vm)
-        for _ in 0..<50 {
+        for _ in 0..<(waiting ? 50 : 1) {
             children.subtract(VMProcess.reap(children))
             cgroups.remove(name)
             guard cgroups.exists(name) else { return }
-            usleep(10_000)
+            if waiting { usleep(10_000) }
         }
     }
 
     /// The files, the cgroup, then the rows (also run by `Recovery`).
     func finishDelete(_ vm: VMRecord) throws {
-        releaseCgroup(vm)
+        releaseCgroup(vm, waiting: true)
         try? FileManager.default.removeItem(atPath: directory(vm).path)
         try store.db.write { db in
             _ = try VMRecord.deleteOne(db, key: vm.id)

@@ -7,13 +7,16 @@ extension Manager {
     /// notices VMs that ended (and how, from their exit files), promotes
     /// starting VMs whose control socket answers, kills those past their
     /// stop timeout, and restarts what the restart policy says should run.
-    func reconcile() throws {
+    /// Nothing in it waits on a VM: the starting VMs are asked all at once,
+    /// off the actor, so the API answers while they are.
+    func reconcile() async throws {
         children.subtract(VMProcess.reap(children))
         let now = Date()
         let vms = try store.vms()
         reconcileCount += 1
         if reconcileCount % 25 == 0 { removeStrayCgroups(vms) }
         if reconcileCount % 3000 == 0 { try store.pruneEvents(keeping: 100_000) } // every 10 minutes
+        var starting: [(name: String, generation: Int64, socket: String)] = []
         for vm in vms {
             let state = VMState(rawValue: vm.observed) ?? .exited
             if state.isActive {
@@ -26,12 +29,7 @@ extension Manager {
                     try ended(vm)
                     continue
                 }
-                if state == .starting, (try? ControlChannel.request(.status, socket: directory(vm).controlSocket, timeoutMs: 200)) != nil {
-                    try store.update(vm.name) { v in
-                        if v.observed == VMState.starting.rawValue { v.observed = VMState.running.rawValue }
-                    }
-                    store.event(vm.name, "running")
-                }
+                if state == .starting { starting.append((vm.name, vm.generation, directory(vm).controlSocket)) }
                 if state == .stopping, let deadline = stopDeadlines[vm.name], deadline < now {
                     Self.killTree(id)
                     stopDeadlines[vm.name] = nil
@@ -44,6 +42,20 @@ extension Manager {
                     do { _ = try launch(again) } catch { try scheduleRestart(again, failed: true) }
                 }
             }
+        }
+        guard !starting.isEmpty else { return }
+        let sockets = starting.map(\.socket)
+        let answered = await Blocking.run { ControlChannel.answering(sockets, timeoutMs: 200) }
+        // The actor was free meanwhile: promote only the same start of the same VM.
+        for (vm, yes) in zip(starting, answered) where yes {
+            var promoted = false
+            try store.update(vm.name) { v in
+                if v.observed == VMState.starting.rawValue && v.generation == vm.generation {
+                    v.observed = VMState.running.rawValue
+                    promoted = true
+                }
+            }
+            if promoted { store.event(vm.name, "running") }
         }
     }
 
@@ -62,7 +74,7 @@ extension Manager {
         let reason = record.reason ?? (status == nil ? "the VM's process was killed (no exit status recorded)" : "exit status \(status!)")
         stopDeadlines[vm.name] = nil
         meterEnded(vm) // before the cgroup, which holds the final CPU count, goes
-        releaseCgroup(vm)
+        releaseCgroup(vm, waiting: false)
         unlink(directory(vm).controlSocket)
         guard let updated = try store.update(vm.name, { v in
             v.observed = (asked ? VMState.stopped : VMState.exited).rawValue

@@ -44,7 +44,7 @@ extension Manager {
     /// N VMs restored from one snapshot of `name` (the newest if none is
     /// named), each with its own identity (`skiff restore --clone-index`).
     /// Their rows are written first, then each is started.
-    func clone(_ name: String, count: Int, snapshotName: String?, prefix: String?) throws -> [VMRecord] {
+    func clone(_ name: String, count: Int, snapshotName: String?, prefix: String?) async throws -> [VMRecord] {
         let vm = try existing(name)
         guard (1...1000).contains(count) else { throw ManagerError.invalid("count \(count): between 1 and 1000") }
         let snaps = try snapshots(name)
@@ -55,7 +55,7 @@ extension Manager {
         var spec = try JSON.decode(VMSpec.self, vm.spec)
         spec.snapshot = snap.path
         // Clone numbers go on from the VMs already restored from this snapshot.
-        let highest = try store.db.read { db in
+        let highest = try await store.db.read { db in
             try Int.fetchOne(db, sql: "SELECT MAX(json_extract(spec, '$.cloneIndex')) FROM vm WHERE json_extract(spec, '$.snapshot') = ?",
                              arguments: [snap.path])
         }
@@ -68,6 +68,7 @@ extension Manager {
             let labels = (try? JSON.decode([String: String].self, vm.labels)) ?? [:]
             made.append(try create(CreateRequest(name: cloneName, labels: labels, spec: s,
                                                  restartPolicy: RestartPolicy(rawValue: vm.restartPolicy) ?? .no, start: true)))
+            await Task.yield() // other requests between clones: a clone of 1000 is a second or more
         }
         return made
     }
@@ -84,28 +85,23 @@ extension Manager {
     }
 }
 
-/// Runs a short-lived helper (`skiff snapshot`) off the actor's executor.
+/// Runs a short-lived helper (`skiff snapshot`) off the actor.
 enum Subprocess {
     struct Result: Sendable { let status: Int32; let output: String }
 
     static func run(_ executable: String, _ arguments: [String]) async -> Result {
-        await withCheckedContinuation { (c: CheckedContinuation<Result, Never>) in
-            Thread.detachNewThread {
-                let p = Process()
-                p.executableURL = URL(fileURLWithPath: executable)
-                p.arguments = arguments
-                let pipe = Pipe()
-                p.standardOutput = pipe
-                p.standardError = pipe
-                p.standardInput = FileHandle.nullDevice
-                do { try p.run() } catch {
-                    c.resume(returning: Result(status: 127, output: "\(executable): \(error)"))
-                    return
-                }
-                let data = pipe.fileHandleForReading.readDataToEndOfFile()
-                p.waitUntilExit()
-                c.resume(returning: Result(status: p.terminationStatus, output: String(decoding: data, as: UTF8.self)))
-            }
+        await Blocking.run {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: executable)
+            p.arguments = arguments
+            let pipe = Pipe()
+            p.standardOutput = pipe
+            p.standardError = pipe
+            p.standardInput = FileHandle.nullDevice
+            do { try p.run() } catch { return Result(status: 127, output: "\(executable): \(error)") }
+            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            return Result(status: p.terminationStatus, output: String(decoding: data, as: UTF8.self))
         }
     }
 }

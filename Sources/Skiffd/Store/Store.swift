@@ -117,7 +117,7 @@ final class Store: Sendable {
 
     func begin(_ kind: String, vm: String, detail: String = "") throws -> Int64 {
         try db.write { db in
-            var i = IntentRecord(id: nil, kind: kind, vm: vm, detail: detail, createdAt: Date().timeIntervalSince1970)
+            let i = IntentRecord(id: nil, kind: kind, vm: vm, detail: detail, createdAt: Date().timeIntervalSince1970)
             try i.insert(db)
             return db.lastInsertedRowID
         }
