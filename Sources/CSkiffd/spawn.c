@@ -4,7 +4,7 @@
 #include <signal.h>
 #include <spawn.h>
 
-int cskiffd_spawn(const char *path, char *const argv[], char *const envp[], const char *console, pid_t *pid) {
+int cskiffd_spawn(const char *path, char *const argv[], char *const envp[], const char *input, const char *console, pid_t *pid) {
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attributes;
     int r = posix_spawn_file_actions_init(&actions);
@@ -14,7 +14,9 @@ int cskiffd_spawn(const char *path, char *const argv[], char *const envp[], cons
     sigset_t none, all;
     sigemptyset(&none);
     sigfillset(&all);
-    if (!r) r = posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    /* Read-write: the VMM holds a writer of its own input FIFO, so it never
+     * reads an end of file between one attach and the next. */
+    if (!r) r = posix_spawn_file_actions_addopen(&actions, 0, input, O_RDWR | O_NOFOLLOW, 0);
     if (!r) r = posix_spawn_file_actions_addopen(&actions, 1, console, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0600);
     if (!r) r = posix_spawn_file_actions_adddup2(&actions, 1, 2);
     if (!r) r = posix_spawn_file_actions_addclosefrom_np(&actions, 3);

@@ -11,7 +11,7 @@ enum Manager {
 
     Manager commands (through skiffd; `skiff COMMAND --help` for each):
            skiff ps | create NAME | start | stop | kill | pause | resume | rm NAME...
-           skiff logs [-f] NAME | inspect NAME | snapshot VM [NAME] | clone VM -c N
+           skiff logs [-f] NAME | inspect NAME | attach NAME | snapshot VM [NAME] | clone VM -c N
            skiff usage [--format table|csv|json] | events [-f]
     """
 

@@ -205,6 +205,48 @@ final class ManagerTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("skiffd is not running"), r.stderr)
     }
 
+    /// attach: the console over a WebSocket, both ways, with two clients at
+    /// once; the VM runs on when they go; a plain GET is told to upgrade.
+    func testAttachOverAWebSocket() throws {
+        XCTAssertEqual(try m.create(["name": "echo", "kernel": Harness.probe("echo")]).status, 201)
+        try m.waitFor("echo", "running")
+        let env = ["SKIFFD_SOCKET": m.socket, "SKIFFD_BIN": ManagerHarness.skiffd]
+        let first = try Session(Harness.skiff, ["attach", "echo"], environment: env)
+        let second = try Session(Harness.skiff, ["attach", "echo"], environment: env)
+        defer { for s in [first, second] where s.isRunning { s.signal(SIGKILL) } }
+        XCTAssertTrue(first.waitFor("ECHO-READY", timeout: 20), "the last of the log comes first: \(first.stdout) \(first.stderr)")
+        XCTAssertTrue(second.waitFor("ECHO-READY", timeout: 20), second.stdout + second.stderr)
+        first.send("hello from one\n")
+        XCTAssertTrue(first.waitFor("HELLO FROM ONE", timeout: 20), "typed keys reach the guest: \(first.stdout) \(first.stderr)")
+        XCTAssertTrue(second.waitFor("HELLO FROM ONE", timeout: 20), "every client sees the output: \(second.stdout)")
+        second.send("and two\n")
+        XCTAssertTrue(first.waitFor("AND TWO", timeout: 20), first.stdout)
+        // A client that goes (input ended, then SIGINT) leaves the VM running.
+        first.closeInput()
+        first.signal(SIGINT)
+        _ = first.wait(timeout: 10)
+        XCTAssertEqual(try m.api("GET", "/vms/echo").object["observed"] as? String, "running")
+        second.send("still here\n")
+        XCTAssertTrue(second.waitFor("STILL HERE", timeout: 20), second.stdout)
+        XCTAssertTrue(try m.api("GET", "/vms/echo/logs").body.contains("STILL HERE"), "the log has it too")
+        let plain = try m.api("GET", "/vms/echo/attach")
+        XCTAssertEqual(plain.status, 426, plain.body)
+        XCTAssertTrue(plain.detail.contains("WebSocket"), plain.body)
+        // The VM stops: the attached client ends by itself.
+        XCTAssertEqual(try m.api("POST", "/vms/echo/kill").status, 200)
+        let r = second.wait(timeout: 20)
+        XCTAssertFalse(second.isRunning, "attach did not end with the VM")
+        XCTAssertEqual(r.status, 0, r.stderr)
+
+        try m.waitFor("echo", "stopped")
+        var refused = try Harness.skiff(["attach", "echo"], timeout: 30, environment: env)
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertTrue(refused.stderr.contains("echo is stopped"), refused.stderr)
+        refused = try Harness.skiff(["attach", "nope"], timeout: 30, environment: env)
+        XCTAssertTrue(refused.stderr.contains("no VM named nope"), refused.stderr)
+        XCTAssertEqual(try m.api("GET", "/vms/nope/attach").status, 404)
+    }
+
     /// TCP: TLS with the given certificate, the bearer token always, and
     /// no plain TCP beyond loopback.
     func testTCPWithTLSAndABearerToken() throws {

@@ -5,7 +5,7 @@ import OpenAPIRuntime
 /// `logs --follow`: the console log from its end onwards, polled, until the
 /// VM's process is gone (then what is left, then the end of the body).
 /// A rotated log (`Console.rotate`) is read again from its start.
-func followLog(manager: Manager, name: String, path: String, first: [UInt8]) -> AsyncStream<ArraySlice<UInt8>> {
+func followLog(manager: Manager, name: String, path: String, first: [UInt8], period: UInt64 = 200_000_000) -> AsyncStream<ArraySlice<UInt8>> {
     AsyncStream { continuation in
         let task = Task {
             if !first.isEmpty { continuation.yield(ArraySlice(first)) }
@@ -28,7 +28,7 @@ func followLog(manager: Manager, name: String, path: String, first: [UInt8]) -> 
                     }
                 }
                 if !active { break }
-                try? await Task.sleep(nanoseconds: 200_000_000)
+                try? await Task.sleep(nanoseconds: period)
             }
             continuation.finish()
         }

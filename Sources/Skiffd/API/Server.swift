@@ -2,7 +2,9 @@ import Foundation
 import Glibc
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 import HummingbirdTLS
+import HummingbirdWebSocket
 import Logging
 import NIOCore
 import OpenAPIHummingbird
@@ -109,7 +111,17 @@ public struct Daemon: Sendable {
             let text = try await manager.prometheusText()
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))
         }
-        return Application(router: router, server: try tls.map { try .tls(.http1(), tlsConfiguration: $0) } ?? .http1(),
+        // attach is a WebSocket (Attach.router), which OpenAPI does not
+        // describe; a plain GET of it is told so.
+        router.get("/v1/vms/:name/attach") { _, context -> Response in
+            let name = try context.parameters.require("name")
+            _ = try await manager.console(name)
+            throw HTTPError(.upgradeRequired, headers: [.upgrade: "websocket", .connection: "Upgrade"],
+                            message: "attach is a WebSocket: send Upgrade: websocket (skiff attach \(name))")
+        }
+        // WebSocket upgrades (attach) go to their own router; everything else to the API's.
+        let http: HTTPServerBuilder = .http1WebSocketUpgrade(webSocketRouter: Attach.router(manager, token: token))
+        return Application(router: router, server: try tls.map { try .tls(http, tlsConfiguration: $0) } ?? http,
                            configuration: .init(address: address, serverName: "skiffd"),
                            onServerRunning: { _ in onRunning() }, logger: logger)
     }

@@ -8,6 +8,32 @@ import Glibc
 enum Console {
     static let maxBytes: Int64 = 1 << 20
 
+    /// The console's input FIFO, made afresh (0600: root's only).
+    static func makeInput(_ path: String) throws {
+        var st = stat()
+        if lstat(path, &st) == 0 && st.st_mode & S_IFMT == S_IFIFO { return }
+        unlink(path)
+        guard mkfifo(path, 0o600) == 0 else { throw ManagerError.internal("\(path): \(String(cString: strerror(errno)))") }
+    }
+
+    /// Writes `bytes` to the console input FIFO; false if no VM reads it.
+    /// Nonblocking: a guest that does not drain its UART makes attach
+    /// wait (briefly, then drop), never skiffd.
+    static func send(_ bytes: [UInt8], to path: String) -> Bool {
+        let fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var done = 0, waits = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
+            if n > 0 { done += n; continue }
+            guard n < 0, errno == EAGAIN || errno == EINTR, waits < 200 else { return false }
+            waits += 1
+            usleep(5_000)
+        }
+        return true
+    }
+
     static func size(_ path: String) -> Int64 {
         var st = stat()
         return lstat(path, &st) == 0 ? Int64(st.st_size) : 0

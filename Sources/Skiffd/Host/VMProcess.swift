@@ -16,9 +16,9 @@ enum VMProcess {
     }
 
     /// Starts `skiff ARGS` with its console (stdout and stderr) appended to
-    /// `console`, stdin from /dev/null, in a new session, with no
-    /// descriptor of skiffd's.
-    static func spawn(skiff: String, arguments: [String], console: String) throws -> Identity {
+    /// `console`, stdin from the FIFO `input` (what `attach` writes), in a
+    /// new session, with no descriptor of skiffd's.
+    static func spawn(skiff: String, arguments: [String], input: String, console: String) throws -> Identity {
         let argv = ([skiff] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
@@ -27,7 +27,7 @@ enum VMProcess {
         }
         let envp = environment.map { strdup($0) } + [nil]
         defer { envp.forEach { free($0) } }
-        let r = cskiffd_spawn(skiff, argv, envp, console, &pid)
+        let r = cskiffd_spawn(skiff, argv, envp, input, console, &pid)
         guard r == 0 else { throw ManagerError.internal("starting \(skiff): \(String(cString: strerror(r)))") }
         // The start time is read at once: the child exists (a zombie at worst) until reaped.
         return Identity(pid: pid, start: startTime(pid) ?? 0)

@@ -174,7 +174,9 @@ actor Manager {
         do {
             if let cgroup { try cgroups.prepare(cgroup, spec.resources) }
             try Console.rotate(dir.console)
-            let id = try VMProcess.spawn(skiff: skiff, arguments: spec.arguments(directory: dir, cgroup: cgroup), console: dir.console)
+            try Console.makeInput(dir.consoleInput)
+            let id = try VMProcess.spawn(skiff: skiff, arguments: spec.arguments(directory: dir, cgroup: cgroup),
+                                         input: dir.consoleInput, console: dir.console)
             children.insert(id.pid)
             meter.started(vm.name, generation: starting.generation)
             let running = try store.update(vm.name) { $0.pid = Int64(id.pid); $0.pidStart = id.start } ?? starting

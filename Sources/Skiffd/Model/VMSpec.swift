@@ -74,6 +74,8 @@ enum RestartPolicy: String, Codable, Sendable {
 struct VMDirectory: Sendable {
     let path: String
     var controlSocket: String { path + "/control.sock" }
+    /// A FIFO: the VM's console input (`attach` writes to it).
+    var consoleInput: String { path + "/console.in" }
     var exitFile: String { path + "/exit" }
     var console: String { path + "/console.log" }
     var snapshots: String { path + "/snapshots" }
