@@ -159,7 +159,7 @@ private struct ServeLoop {
     func reply(to line: [UInt8], _ c: inout Connection, _ machine: VirtualMachine) -> ControlReply {
         do {
             switch try ControlRequest.parse(line) {
-            case .status: return .ok(machine.isPaused ? "paused" : "running")
+            case .status: return .ok(machine.lifecycle.description)
             case .pause: try machine.pause(); return .ok("paused")
             case .resume: try machine.resume(); return .ok("running")
             case .stop: machine.stop(.requested); return .ok("stopping")

@@ -9,8 +9,6 @@ import Synchronization
 /// One VM: guest memory, the in-kernel irqchip and PIT, legacy devices,
 /// vCPU threads; built from a configuration, run until it stops.
 public final class VirtualMachine: @unchecked Sendable {
-    public enum Phase: Sendable { case created, running, stopped(StopReason) }
-
     public let configuration: VMConfiguration
     let kvm: KVMSystem
     let vm: KVMVirtualMachine
@@ -133,7 +131,10 @@ public final class VirtualMachine: @unchecked Sendable {
             r = reason
             return true
         }
-        if first { pthread_kill(mainThread, SIGUSR2) }
+        if first {
+            _ = try? transition(.stop)
+            pthread_kill(mainThread, SIGUSR2)
+        }
     }
 
     /// Runs the guest until it stops; must be called on the thread that
@@ -164,8 +165,8 @@ public final class VirtualMachine: @unchecked Sendable {
         if startPaused {
             pauseGate.request()
             for t in virtio { t.quiesce() }
-            control.withLock { $0.paused = true }
         }
+        try transition(startPaused ? .startPaused : .start)
         var threads: [HostThread] = []
         for loop in loops {
             threads.append(try HostThread(name: "vcpu\(loop.vcpu.id)") { loop.run() })
@@ -186,6 +187,7 @@ public final class VirtualMachine: @unchecked Sendable {
             stop(.signal(received))
         }
         controlServer?.shutdown()
+        _ = try? transition(.stop) // a stop the guest asked for passes here too
         stopping.set()
         pauseGate.release()
         for (loop, thread) in zip(loops, threads) { loop.kick(thread) }
@@ -193,6 +195,7 @@ public final class VirtualMachine: @unchecked Sendable {
         running.withLock { $0 = [] }
         for transport in virtio { transport.device.reset() } // stop device threads
         console?.restoreTerminal()
+        _ = try? transition(.end)
         return stopReason.withLock { $0 } ?? .kvmError("stopped without a reason")
     }
 }

@@ -49,19 +49,21 @@ final class LinuxGuestTests: XCTestCase {
         print("linux-guest: /init after \(Int(toInit)) s; idle CPU \(String(format: "%.1f", idle * 100))%; total \(Int(r.seconds)) s")
     }
 
-    /// A command from the kernel command line, on one CPU, with a 64 MiB
+    /// A command from the kernel command line (appended to the default
+    /// one), its exit status skiff's own, on one CPU, with a 64 MiB
     /// balloon (without deflate-on-OOM Linux takes the ballooned pages out
     /// of MemTotal) and virtio-rng feeding the kernel's entropy pool.
     func testCommandLineRunWithBalloonAndEntropy() throws {
         _ = try Harness.kernelDirectory()
-        let cmdline = #"console=ttyS0 reboot=k panic=-1 quiet skiff_run="grep -c ^processor /proc/cpuinfo; ls /bin/busybox; grep MemTotal /proc/meminfo; cat /sys/class/misc/hw_random/rng_current""#
-        let r = try Harness.skiff(["run", "--memory", "256", "--balloon", "size=64,no-deflate-on-oom", "--rng", "--cmdline", cmdline],
+        // --append: after the default command line. The command's status is skiff's.
+        let command = #"quiet skiff_run="grep -c ^processor /proc/cpuinfo; ls /bin/busybox; grep MemTotal /proc/meminfo; cat /sys/class/misc/hw_random/rng_current; exit 3""#
+        let r = try Harness.skiff(["run", "--memory", "256", "--balloon", "size=64,no-deflate-on-oom", "--rng", "--append", command],
                                   timeout: Self.bootTimeout)
-        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.status, 3, r.stderr)
         XCTAssertTrue(r.stdout.contains("skiff guest: Linux 6.1.192-skiff, 1 CPU(s)"), r.stdout.suffix(500).description)
         XCTAssertTrue(r.stdout.contains("1\r\n/bin/busybox\r\n"), r.stdout.suffix(500).description)
         XCTAssertTrue(r.stdout.contains("virtio_rng"), "hw_random is not virtio: \(r.stdout.suffix(300))")
-        XCTAssertTrue(r.stdout.contains("skiff: exit 0"), r.stdout.suffix(500).description)
+        XCTAssertTrue(r.stdout.contains("skiff: exit 3"), r.stdout.suffix(500).description)
         let kib = try XCTUnwrap(r.stdout.firstMatch(of: /MemTotal:\s+(\d+) kB/).flatMap { Int($0.1) })
         // 256 MiB less the kernel's own (about 15 MiB) and the balloon's 64.
         XCTAssertTrue((150 * 1024)...(200 * 1024) ~= kib, "MemTotal \(kib) kB: the balloon did not inflate")

@@ -1,6 +1,7 @@
 import CKVM
 import Devices
 import Glibc
+import SkiffControl
 import KVM
 import Machine
 import Synchronization
@@ -8,7 +9,7 @@ import Synchronization
 /// What the control socket changes: whether the VM is paused, and the last
 /// snapshot taken or restored (a diff snapshot is relative to it).
 struct ControlState {
-    var paused = false
+    var lifecycle = Lifecycle.created
     var lastSnapshot: (directory: String, id: [UInt8])?
 }
 
@@ -19,28 +20,60 @@ public struct ControlError: Error, CustomStringConvertible, Sendable {
 }
 
 extension VirtualMachine {
-    public var isPaused: Bool { control.withLock { $0.paused } }
+    /// Where the VM is in its lifecycle (SkiffControl's `Lifecycle`).
+    public var lifecycle: Lifecycle { control.withLock { $0.lifecycle } }
+    public var isPaused: Bool { lifecycle == .paused }
+
+    /// Moves the lifecycle on by `event`, or says why it cannot.
+    @discardableResult
+    func transition(_ event: Lifecycle.Event) throws(ControlError) -> Lifecycle {
+        let result: Result<Lifecycle, LifecycleError> = control.withLock { c in
+            guard let next = c.lifecycle.after(event) else { return .failure(LifecycleError(state: c.lifecycle, event: event)) }
+            c.lifecycle = next
+            return .success(next)
+        }
+        switch result {
+        case .success(let s): return s
+        case .failure(let e): throw ControlError(e.description)
+        }
+    }
+
+    func check(_ event: Lifecycle.Event) throws(ControlError) {
+        let state = lifecycle
+        guard state.after(event) != nil else { throw ControlError(LifecycleError(state: state, event: event).description) }
+    }
 
     /// Stops every vCPU between two instructions and every virtio device
     /// between two requests. Idempotent.
     public func pause() throws(ControlError) {
-        guard !isPaused else { return }
+        guard lifecycle != .paused else { return }
+        try check(.pause)
+        try park()
+        // A stop that came meanwhile wins (it releases the parked vCPUs).
+        try transition(.pause)
+    }
+
+    public func resume() throws(ControlError) {
+        guard lifecycle != .running else { return }
+        try check(.resume)
+        try resumeDevices()
+        try transition(.resume)
+        pauseGate.resume()
+    }
+
+    private func park() throws(ControlError) {
         let loops = running.withLock { $0 }
         guard !loops.isEmpty, !stopping.isSet else { throw ControlError("the VM is not running") }
         guard pauseGate.pause(count: loops.count, kick: { for (loop, thread) in loops { loop.kick(thread) } }) else {
             throw ControlError("the vCPUs did not stop within 5 s")
         }
         for t in virtio { t.quiesce() }
-        control.withLock { $0.paused = true }
     }
 
-    public func resume() throws(ControlError) {
-        guard isPaused else { return }
+    private func resumeDevices() throws(ControlError) {
         for t in virtio {
             do { try t.resume() } catch { throw ControlError("resuming a virtio device: \(error)") }
         }
-        control.withLock { $0.paused = false }
-        pauseGate.resume()
     }
 
     /// Writes a snapshot into `files`, which the client made in `directory`
@@ -50,9 +83,17 @@ extension VirtualMachine {
     /// snapshot this process took or restored. A running VM is paused for
     /// the time it takes and resumed after. Returns a one-line summary.
     public func snapshot(to directory: String, files: SnapshotFiles, diff: Bool) throws(ControlError) -> String {
-        let wasPaused = isPaused
-        try pause()
-        defer { if !wasPaused { try? resume() } }
+        guard case .snapshotting(let resumeAfter) = try transition(.snapshot) else { throw ControlError("not snapshotting") }
+        if resumeAfter {
+            do { try park() } catch { _ = try? transition(.snapshotDone); throw error }
+        }
+        defer {
+            // Back to running (or paused) unless a stop came meanwhile.
+            if (try? transition(.snapshotDone)) == .running {
+                try? resumeDevices()
+                pauseGate.resume()
+            }
+        }
         do {
             return try writeSnapshot(to: directory, files: files, diff: diff)
         } catch {
