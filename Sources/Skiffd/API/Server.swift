@@ -160,14 +160,18 @@ struct ReconcileService: Service {
     let manager: Manager
     let logger: Logger
     func run() async throws {
-        var tick = 0
+        var metered = ContinuousClock.now - .seconds(10)
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            do { try await manager.reconcile() } catch { logger.error("reconcile: \(error)") }
+            var starting = false
+            do { starting = try await manager.reconcile() } catch { logger.error("reconcile: \(error)") }
             // Metering every 5 s (and at every usage query): a reading costs a
             // control-socket round trip and a page-table walk (smaps_rollup) per VM.
-            if tick % 25 == 0 { do { try await manager.meterTick() } catch { logger.error("meter: \(error)") } }
-            tick += 1
-            try? await Task.sleep(nanoseconds: 200_000_000)
+            if ContinuousClock.now - metered >= .seconds(5) {
+                metered = ContinuousClock.now
+                do { try await manager.meterTick() } catch { logger.error("meter: \(error)") }
+            }
+            // A VM that is starting is looked at again soon: it runs once its VMM answers.
+            try? await Task.sleep(nanoseconds: starting ? 40_000_000 : 200_000_000)
         }
     }
 }

@@ -8,14 +8,16 @@ extension Manager {
     /// starting VMs whose control socket answers, kills those past their
     /// stop timeout, and restarts what the restart policy says should run.
     /// Nothing in it waits on a VM: the starting VMs are asked all at once,
-    /// off the actor, so the API answers while they are.
-    func reconcile() async throws {
+    /// off the actor, so the API answers while they are. Returns whether
+    /// a VM is still starting (the loop then comes back sooner).
+    @discardableResult
+    func reconcile() async throws -> Bool {
         children.subtract(VMProcess.reap(children))
         let now = Date()
         let vms = try store.vms()
         reconcileCount += 1
         if reconcileCount % 25 == 0 { removeStrayCgroups(vms) }
-        if reconcileCount % 3000 == 0 { try store.pruneEvents(keeping: 100_000) } // every 10 minutes
+        if reconcileCount % 3000 == 0 { try store.pruneEvents(keeping: 100_000) } // every 3000 passes: 10 minutes at the idle pace
         var starting: [(name: String, generation: Int64, socket: String)] = []
         for vm in vms {
             let state = VMState(rawValue: vm.observed) ?? .exited
@@ -43,7 +45,7 @@ extension Manager {
                 }
             }
         }
-        guard !starting.isEmpty else { return }
+        guard !starting.isEmpty else { return false }
         let sockets = starting.map(\.socket)
         let answered = await Blocking.run { ControlChannel.answering(sockets, timeoutMs: 200) }
         // The actor was free meanwhile: promote only the same start of the same VM.
@@ -57,6 +59,7 @@ extension Manager {
             }
             if promoted { store.event(vm.name, "running") }
         }
+        return answered.contains(false)
     }
 
     /// cgroups of VMs that no longer run (a removal that found a process
