@@ -172,7 +172,7 @@ public final class VirtualMachine: @unchecked Sendable {
             threads.append(try HostThread(name: "vcpu\(loop.vcpu.id)") { loop.run() })
         }
         running.withLock { $0 = Array(zip(loops, threads)) }
-        let console = consoleInput.map { ConsoleInput(fd: $0, serial: serial) }
+        let console = consoleInput.map { ConsoleInput(fd: $0, serial: serial, onQuit: { [unowned self] in self.stop(.consoleQuit) }) }
         try console?.start()
         try Seccomp.lockMainThread(spawnProcesses: mainSpawnsProcesses)
 

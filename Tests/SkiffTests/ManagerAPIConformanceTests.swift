@@ -8,6 +8,7 @@ import XCTest
 /// not describe.
 final class ManagerAPIConformanceTests: XCTestCase {
     static let document = Harness.root.appendingPathComponent("Sources/SkiffAPI/openapi.yaml").path
+    static let hooks = Harness.root.appendingPathComponent("Tests/SkiffTests/schemathesis_hooks.py").path
 
     func testDocumentValidates() throws {
         let r = try Harness.run("/usr/bin/env", ["python3", "-m", "openapi_spec_validator", Self.document], timeout: 120)
@@ -34,7 +35,8 @@ final class ManagerAPIConformanceTests: XCTestCase {
         let checks = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance"
         let r = try Harness.run(which.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
                                 ["run", Self.document, "--url", "http://127.0.0.1:\(port)/v1", "-H", "Authorization: Bearer \(token)",
-                                 "--checks", checks, "--max-examples", "25", "--seed", "1"], timeout: 900)
+                                 "--checks", checks, "--max-examples", "25", "--seed", "1"], timeout: 900,
+                                environment: ["SCHEMATHESIS_HOOKS": Self.hooks])
         let summary = r.stdout.split(separator: "\n").filter { $0.contains("generated") || $0.contains("passed") || $0.contains("❌") }
         print("manager: schemathesis: \(summary.joined(separator: " | "))")
         XCTAssertEqual(r.status, 0, "schemathesis found failures: \(r.stdout.suffix(4000)) \(r.stderr.suffix(1000))")

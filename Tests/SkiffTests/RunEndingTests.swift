@@ -88,4 +88,23 @@ final class RunEndingTests: XCTestCase {
         XCTAssertEqual(r.status, 2)
         XCTAssertTrue(r.stderr.contains("larger than"), r.stderr)
     }
+
+    /// On a terminal Ctrl-C reaches the guest (as a byte on its serial
+    /// line) and Ctrl-A x stops the VM, as in QEMU. `script` gives skiff a
+    /// terminal; the echo probe answers each line in capitals.
+    func testOnATerminalCtrlCReachesTheGuestAndCtrlAXStopsTheVM() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/script") else { throw XCTSkip("no script(1)") }
+        let s = try Session("/usr/bin/script", ["-qfec", "\(Harness.skiff) run --kernel \(Harness.probe("echo"))", "/dev/null"])
+        defer { if s.isRunning { s.signal(SIGKILL) } }
+        XCTAssertTrue(s.waitFor("ECHO-READY", timeout: 20), s.stdout)
+        XCTAssertTrue(s.stdout.contains("Ctrl-A x stops the VM"), "the escape is announced: \(s.stdout)")
+        s.send("ab\u{3}c\u{1}\u{1}d\r")
+        // The guest got ^C and one ^A as bytes; the terminal shows them escaped.
+        XCTAssertTrue(s.waitFor("AB^CC^AD", timeout: 20), s.stdout)
+        XCTAssertTrue(s.isRunning, "Ctrl-C stopped the VM")
+        s.send("\u{1}x")
+        let r = s.wait(timeout: 20)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("stopped from the console (Ctrl-A x)"), r.stdout)
+    }
 }

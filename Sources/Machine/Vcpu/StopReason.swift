@@ -8,6 +8,8 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
     case signal(Int32)
     /// Asked to stop through the control socket (`stop`, as skiffd does).
     case requested
+    /// The person at the console typed the escape (Ctrl-A x).
+    case consoleQuit
     /// The guest triple-faulted: a reset on a PC, reported as such.
     case tripleFault(vcpu: UInt32)
     /// The guest's kernel reported a crash to the hypervisor.
@@ -20,7 +22,7 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
     /// `skiff run`'s exit status: 0 for an orderly stop.
     public var exitStatus: Int32 {
         switch self {
-        case .reset, .powerOff, .signal, .requested, .tripleFault: 0
+        case .reset, .powerOff, .signal, .requested, .consoleQuit, .tripleFault: 0
         case .guestCrash, .emulationFailure, .kvmError: 1
         }
     }
@@ -30,6 +32,7 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
         case .reset(let how): "guest reset (\(how))"
         case .powerOff: "guest powered off"
         case .requested: "stopped on request (control socket)"
+        case .consoleQuit: "stopped from the console (Ctrl-A x)"
         case .signal(let s): "stopped by signal \(s == 15 ? "SIGTERM" : s == 2 ? "SIGINT" : String(s))"
         case .tripleFault(let v): "guest triple-faulted on vCPU \(v) (a reset)"
         case .guestCrash: "guest reported a crash"

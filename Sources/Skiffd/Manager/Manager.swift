@@ -67,8 +67,10 @@ actor Manager {
             }
         }
         guard busy[r.name] == nil else { throw ManagerError.conflict("a VM named \(r.name) is being \(busy[r.name]!)") }
-        if try store.vm(named: r.name) != nil { throw ManagerError.conflict("a VM named \(r.name) exists already; pick another name or delete it first") }
-        let count = try store.db.read { try VMRecord.fetchCount($0) }
+        let (taken, count) = try store.db.read { db in
+            (try VMRecord.filter(Column("name") == r.name).fetchCount(db) > 0, try VMRecord.fetchCount(db))
+        }
+        if taken { throw ManagerError.conflict("a VM named \(r.name) exists already; pick another name or delete it first") }
         guard count < maxVMs else {
             throw ManagerError.insufficient("this host holds \(count) VMs, its most (skiffd --max-vms \(maxVMs)): delete one first")
         }
@@ -80,12 +82,11 @@ actor Manager {
                           restarts: 0, restartAt: nil, createdAt: now, startedAt: nil, stoppedAt: nil, generation: 0)
         // The row first (its name is unique in the database too: two
         // creates of one name cannot both get here), then the directory.
-        do { try store.db.write { try vm.insert($0) } } catch {
+        do { try store.insert(vm) } catch {
             throw ManagerError.conflict("a VM named \(r.name) exists already; pick another name or delete it first")
         }
         try makeDirectory(directory(vm).path)
         try makeDirectory(directory(vm).snapshots)
-        store.event(vm.name, "created")
         if r.start { return try launch(vm) }
         return vm
     }
@@ -179,8 +180,9 @@ actor Manager {
                                          input: dir.consoleInput, console: dir.console)
             children.insert(id.pid)
             meter.started(vm.name, generation: starting.generation)
-            let running = try store.update(vm.name) { $0.pid = Int64(id.pid); $0.pidStart = id.start } ?? starting
-            store.event(vm.name, starting.generation > 1 ? "restarted" : "started", "pid \(id.pid)")
+            let running = try store.update(vm.name, event: (starting.generation > 1 ? "restarted" : "started", "pid \(id.pid)")) {
+                $0.pid = Int64(id.pid); $0.pidStart = id.start
+            } ?? starting
             return running
         } catch {
             try store.update(vm.name) {

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import GRDB
 import SkiffControl
 
 extension Manager {
@@ -48,16 +49,19 @@ extension Manager {
         guard !starting.isEmpty else { return false }
         let sockets = starting.map(\.socket)
         let answered = await Blocking.run { ControlChannel.answering(sockets, timeoutMs: 200) }
-        // The actor was free meanwhile: promote only the same start of the same VM.
-        for (vm, yes) in zip(starting, answered) where yes {
-            var promoted = false
-            try store.update(vm.name) { v in
-                if v.observed == VMState.starting.rawValue && v.generation == vm.generation {
+        // The actor was free meanwhile: promote only the same start of the
+        // same VM; all in one transaction, not one per VM.
+        let promote = zip(starting, answered).filter { $0.1 }.map { $0.0 }
+        if !promote.isEmpty {
+            try await store.db.write { db in
+                for vm in promote {
+                    guard var v = try VMRecord.filter(Column("name") == vm.name).fetchOne(db),
+                          v.observed == VMState.starting.rawValue, v.generation == vm.generation else { continue }
                     v.observed = VMState.running.rawValue
-                    promoted = true
+                    try v.update(db)
+                    try Store.eventRecord(vm.name, "running", nil).insert(db)
                 }
             }
-            if promoted { store.event(vm.name, "running") }
         }
         return answered.contains(false)
     }

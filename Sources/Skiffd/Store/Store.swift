@@ -102,15 +102,29 @@ final class Store: Sendable {
         try db.write { try vm.save($0) }
     }
 
-    /// Applies `change` to the VM's current row in one transaction; nil if it is gone.
+    /// Applies `change` to the VM's current row in one transaction (with
+    /// `event`, if given, in the same one); nil if it is gone.
     @discardableResult
-    func update(_ name: String, _ change: (inout VMRecord) throws -> Void) throws -> VMRecord? {
+    func update(_ name: String, event: (kind: String, detail: String?)? = nil, _ change: (inout VMRecord) throws -> Void) throws -> VMRecord? {
         try db.write { db in
             guard var vm = try VMRecord.filter(Column("name") == name).fetchOne(db) else { return nil }
             try change(&vm)
             try vm.update(db)
+            if let event { try Self.eventRecord(name, event.kind, event.detail).insert(db) }
             return vm
         }
+    }
+
+    /// A new VM's row and its `created` event, in one transaction.
+    func insert(_ vm: VMRecord) throws {
+        try db.write { db in
+            try vm.insert(db)
+            try Self.eventRecord(vm.name, "created", nil).insert(db)
+        }
+    }
+
+    static func eventRecord(_ vm: String, _ kind: String, _ detail: String?) -> EventRecord {
+        EventRecord(seq: nil, time: Int64(Date().timeIntervalSince1970 * 1000), vm: vm, kind: kind, detail: detail)
     }
 
     // MARK: intents
@@ -134,7 +148,7 @@ final class Store: Sendable {
     // MARK: events
 
     func event(_ vm: String, _ kind: String, _ detail: String? = nil) {
-        let e = EventRecord(seq: nil, time: Int64(Date().timeIntervalSince1970 * 1000), vm: vm, kind: kind, detail: detail)
+        let e = Self.eventRecord(vm, kind, detail)
         _ = try? db.write { try e.insert($0) }
     }
 
