@@ -54,9 +54,8 @@ final class ConsoleInput: @unchecked Sendable {
                 terminal = true
                 t.c_lflag &= ~tcflag_t(ICANON | ECHO | ISIG | IEXTEN)
                 t.c_iflag &= ~tcflag_t(ICRNL | IXON)
+                // No banner: it would land in the middle of the guest's output.
                 tcsetattr(fd, TCSANOW, &t)
-                var hint = Array("[skiff: Ctrl-A x stops the VM, Ctrl-A h for help]\r\n".utf8)
-                _ = hint.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
             }
         }
         let fd = self.fd, serial = self.serial, onQuit = self.onQuit, escapes = terminal

@@ -44,6 +44,9 @@ Firecracker's --config-file (boot-source, machine-config, drives,
 network-interfaces, vsock, balloon, entropy; see docs/config.md); flags
 after it override what it says.
 
+On a terminal, keys go to the guest (Ctrl-C too); Ctrl-A x stops the VM,
+Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h lists these.
+
 Exit status: the status of the command the default guest ran (skiff_run),
 else 0 when the guest resets or powers off; 1 on a guest kernel panic, a
 KVM error or an emulation failure (the reason on standard error); 2 when

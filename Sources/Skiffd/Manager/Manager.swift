@@ -252,7 +252,10 @@ actor Manager {
         case .error(let text): throw ManagerError.conflict("\(name): \(text)")
         }
         store.event(name, event)
-        return try store.update(name) { $0.observed = to.rawValue } ?? vm
+        // Unless the VM ended (or was restarted) while its VMM answered.
+        return try store.update(name) { v in
+            if v.generation == vm.generation, VMState(rawValue: v.observed)?.isActive == true { v.observed = to.rawValue }
+        } ?? vm
     }
 
     // MARK: delete
