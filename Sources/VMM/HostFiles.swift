@@ -4,24 +4,31 @@ import KVM
 
 /// Small readers of host files for the VMM, without Foundation.
 public enum HostFiles {
-    /// The whole file, refusing anything larger than `limit` before reading it.
-    public static func read(_ path: String, what: String, limit: UInt64) throws(ConfigurationError) -> [UInt8] {
+    /// The whole file, refusing anything larger than `limit` before reading it
+    /// (and, for what is not a regular file, as soon as it passes it).
+    /// `tooLarge` words the refusal; by default it is about guest memory.
+    public static func read(_ path: String, what: String, limit: UInt64, regularOnly: Bool = true,
+                            tooLarge: ((UInt64) -> String)? = nil) throws(ConfigurationError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw ConfigurationError("\(what) \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw ConfigurationError("\(what) \(path): \(String(cString: strerror(errno)))") }
-        guard st.st_mode & S_IFMT == S_IFREG else { throw ConfigurationError("\(what) \(path): not a regular file") }
-        let size = UInt64(st.st_size)
+        let regular = st.st_mode & S_IFMT == S_IFREG
+        guard regular || !regularOnly else { throw ConfigurationError("\(what) \(path): not a regular file") }
+        let size = regular ? UInt64(st.st_size) : 0
         guard size <= limit else {
-            throw ConfigurationError("\(what) \(path) (\(size >> 20) MiB) does not fit in guest memory (\(limit >> 20) MiB)")
+            throw ConfigurationError(tooLarge.map { "\(what) \(path): \($0(size))" }
+                                     ?? "\(what) \(path) (\(size >> 20) MiB) does not fit in guest memory (\(limit >> 20) MiB)")
         }
         // Read to the end rather than trusting st_size: /proc files report 0.
         var bytes = [UInt8](repeating: 0, count: max(Int(size), 4096))
         var done = 0
         while true {
             if done == bytes.count {
-                guard UInt64(done) <= limit else { throw ConfigurationError("\(what) \(path): grew past \(limit >> 20) MiB while read") }
+                guard UInt64(done) <= limit else {
+                    throw ConfigurationError(tooLarge.map { "\(what) \(path): \($0(UInt64(done)))" } ?? "\(what) \(path): grew past \(limit >> 20) MiB while read")
+                }
                 bytes += [UInt8](repeating: 0, count: bytes.count)
             }
             let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + done, $0.count - done) }

@@ -15,21 +15,10 @@ import VMM
 /// features Skiff does not have (rate limiters, MMDS, a logger), unless null.
 extension RunOptions {
     mutating func apply(configFile path: String) throws(ConfigurationError) {
-        // At most one byte past the limit is read: the path may name a pipe or /dev/zero.
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw ConfigurationError("--config \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var bytes = [UInt8](repeating: 0, count: JSONValue.maxBytes + 1)
-        var got = 0
-        while got < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + got, $0.count - got) }
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw ConfigurationError("--config \(path): \(String(cString: strerror(errno)))") }
-            if n == 0 { break }
-            got += n
-        }
-        guard got <= JSONValue.maxBytes else { throw ConfigurationError("--config \(path): larger than \(JSONValue.maxBytes) bytes") }
-        do { try apply(config: try JSONValue.parse(Array(bytes.prefix(got)))) } catch { throw ConfigurationError("--config \(path): \(error.description)") }
+        // A pipe or /dev/zero is read only until it passes the limit.
+        let bytes = try HostFiles.read(path, what: "--config", limit: UInt64(JSONValue.maxBytes), regularOnly: false,
+                                       tooLarge: { _ in "larger than \(JSONValue.maxBytes) bytes" })
+        do { try apply(config: try JSONValue.parse(bytes)) } catch { throw ConfigurationError("--config \(path): \(error.description)") }
     }
 
     mutating func apply(config: JSONValue) throws(ConfigurationError) {

@@ -64,13 +64,14 @@ public indirect enum JSONValue: Equatable, Sendable {
             case UInt8(ascii: "{"):
                 i += 1
                 var members: [(String, JSONValue)] = []
+                var seen: Set<String> = [] // a hostile file may hold thousands of keys
                 skipSpace()
                 if i < bytes.count, bytes[i] == UInt8(ascii: "}") { i += 1; return .object(members) }
                 while true {
                     skipSpace()
                     guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw error("expected a member name in quotes") }
                     let key = try string()
-                    guard !members.contains(where: { $0.0 == key }) else { throw error("\"\(key)\" given twice") }
+                    guard seen.insert(key).inserted else { throw error("\"\(key)\" given twice") }
                     skipSpace()
                     guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw error("expected ':' after \"\(key)\"") }
                     i += 1
