@@ -85,7 +85,7 @@ let package = Package(
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
         .testTarget(name: "X86EmulatorTests", dependencies: ["X86Emulator"]),
         .testTarget(name: "ApplianceTests", dependencies: ["Appliance"]),
-        .testTarget(name: "SkiffTests", dependencies: ["Appliance", "Machine", "SkiffControl"], exclude: ["schemathesis_hooks.py"]),
+        .testTarget(name: "SkiffTests", dependencies: ["Appliance", "Machine", "SkiffControl"], exclude: ["schemathesis_hooks.py", "fresh_root_install.sh"]),
         .testTarget(name: "SkiffdTests", dependencies: ["Skiffd"]),
     ]
 )

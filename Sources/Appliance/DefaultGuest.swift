@@ -11,10 +11,16 @@ public enum DefaultGuest {
         return "/var/cache/skiff"
     }
 
-    /// The repository's `kernel/` folder: $SKIFF_KERNEL_DIR, else the one
-    /// this binary was built from.
+    /// The kernel's build inputs (the repository's `kernel/` folder):
+    /// $SKIFF_KERNEL_DIR; else an installed package's, `../share/skiff/kernel`
+    /// from this binary (/usr/bin/skiff: /usr/share/skiff/kernel); else the
+    /// source tree this binary was built from.
     public static var kernelSourceDirectory: String {
         if let d = getenv("SKIFF_KERNEL_DIR") { return String(cString: d) }
+        if let bin = Executable.directory {
+            let installed = bin + "/../share/skiff/kernel"
+            if access(installed + "/build.sh", R_OK) == 0 { return installed }
+        }
         let file = #filePath // .../Sources/Appliance/DefaultGuest.swift
         var parts = file.split(separator: "/", omittingEmptySubsequences: false)
         parts.removeLast(3)

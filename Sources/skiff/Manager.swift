@@ -1,4 +1,5 @@
 import Glibc
+import HostTools
 
 /// The manager's commands (`skiff ps`, `create`, ...) are skiffd's CLI,
 /// which links what this small per-VM binary must not (Foundation, the
@@ -18,12 +19,7 @@ enum Manager {
     static func handOver(_ args: ArraySlice<String>) -> Never {
         var candidates: [String] = []
         if let named = getenv("SKIFFD_BIN") { candidates.append(String(cString: named)) }
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX))
-        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        if n > 0 {
-            let exe = String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if let slash = exe.utf8.lastIndex(of: UInt8(ascii: "/")) { candidates.append(String(exe[..<slash]) + "/skiffd") }
-        }
+        if let bin = Executable.directory { candidates.append(bin + "/skiffd") }
         candidates += ["/usr/bin/skiffd", "/usr/local/bin/skiffd"]
         let argv = (["skiffd", "--client"] + Array(args)).map { strdup($0) } + [nil]
         for path in candidates where access(path, X_OK) == 0 {
