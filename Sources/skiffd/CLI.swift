@@ -309,21 +309,43 @@ struct Usage: AsyncParsableCommand {
 struct Events: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Lifecycle events.")
     @Option(help: "After this sequence number.") var since: Int64 = 0
-    @Flag(name: .shortAndLong, help: "Keep printing new events.") var follow = false
+    @Flag(name: .shortAndLong, help: "Keep printing new events as they happen (a stream from skiffd; ends when it stops).") var follow = false
+    @Flag(help: "One JSON object per event.") var json = false
     func run() async throws {
-        var last = since
         try await withClient { c in
-            repeat {
-                switch try await c.getEvents(query: .init(since: last)) {
-                case .ok(let r):
-                    for e in try r.body.json.items {
-                        print("\(e.seq) \(Date(timeIntervalSince1970: Double(e.time) / 1000)) \(e.vm) \(e.kind)\(e.detail.map { " " + $0 } ?? "")")
-                        last = e.seq
+            let reply = try await c.getEvents(query: .init(since: since, follow: follow ? true : nil),
+                                              headers: .init(accept: [.init(contentType: follow ? .applicationXNdjson : .json)]))
+            switch reply {
+            case .ok(let r):
+                switch r.body {
+                case .json(let list): for e in list.items { try show(e) }
+                case .applicationXNdjson(let body):
+                    var pending: [UInt8] = []
+                    for try await chunk in body {
+                        pending += chunk
+                        while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                            let line = pending[..<nl]
+                            pending.removeSubrange(...nl)
+                            try show(JSONDecoder().decode(Components.Schemas.Event.self, from: Data(line)))
+                        }
                     }
-                case .default(let s, let p): throw failure(s, p)
                 }
-                if follow { try await Task.sleep(nanoseconds: 500_000_000) }
-            } while follow
+            case .default(let s, let p): throw failure(s, p)
+            }
         }
+    }
+
+    /// One line per event, written at once (a follower's reader sees it as it comes, even through a pipe).
+    private func show(_ e: Components.Schemas.Event) throws {
+        var line: Data
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            line = try encoder.encode(e)
+        } else {
+            line = Data("\(e.seq) \(Date(timeIntervalSince1970: Double(e.time) / 1000)) \(e.vm) \(e.kind)\(e.detail.map { " " + $0 } ?? "")".utf8)
+        }
+        line.append(UInt8(ascii: "\n"))
+        FileHandle.standardOutput.write(line)
     }
 }

@@ -170,6 +170,39 @@ final class ManagerTests: XCTestCase {
         _ = activeIDs
     }
 
+    /// `events -f` is a stream skiffd pushes (NDJSON, woken by each commit):
+    /// a VM's lifecycle reaches a follower as it happens, in order, with no
+    /// poll; the API's plain list still answers; a follower ends with skiffd.
+    func testEventsAreStreamedAsTheyHappen() throws {
+        let env = ["SKIFFD_SOCKET": m.socket, "SKIFFD_BIN": ManagerHarness.skiffd]
+        let follow = try Session(Harness.skiff, ["events", "-f", "--json"], environment: env)
+        defer { if follow.isRunning { follow.signal(SIGKILL) } }
+        usleep(300_000)
+        XCTAssertTrue(follow.isRunning, follow.stderr)
+        XCTAssertEqual(try m.create(["name": "ev", "kernel": tick, "cmdline": "slow"]).status, 201)
+        XCTAssertTrue(follow.waitFor("\"kind\":\"running\"", timeout: 20), follow.stdout + follow.stderr)
+        let t0 = Date()
+        XCTAssertEqual(try m.api("POST", "/vms/ev/stop", #"{"timeoutSeconds":5}"#).status, 200)
+        XCTAssertTrue(follow.waitFor("\"kind\":\"stopped\"", timeout: 20), follow.stdout + follow.stderr)
+        let delay = Date().timeIntervalSince(t0)
+        let kinds = follow.stdout.split(separator: "\n").compactMap { line -> String? in
+            let e = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            return e?["vm"] as? String == "ev" ? e?["kind"] as? String : nil
+        }
+        XCTAssertEqual(kinds, ["created", "started", "running", "stopping", "stopped"], follow.stdout)
+        let seqs = follow.stdout.split(separator: "\n").compactMap { line in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["seq"] as? Int
+        }
+        XCTAssertEqual(seqs, seqs.sorted(), "events out of order")
+        XCTAssertEqual(Set(seqs).count, seqs.count, "an event sent twice")
+        print("events -f: stop to the stopped event \(Int(delay * 1000)) ms")
+        // The raw API: NDJSON with follow, a JSON list without.
+        let listed = try m.api("GET", "/events?since=0").object["items"] as? [[String: Any]] ?? []
+        XCTAssertEqual(listed.compactMap { $0["seq"] as? Int }.filter { seqs.contains($0) }, seqs)
+        m.stop()
+        XCTAssertEqual(follow.wait(timeout: 20).status, 0, "events -f goes on after skiffd stopped")
+    }
+
     /// The CLI as a user runs it: `skiff` hands manager commands to skiffd's CLI.
     func testCLI() throws {
         let env = ["SKIFFD_SOCKET": m.socket, "SKIFFD_BIN": ManagerHarness.skiffd]

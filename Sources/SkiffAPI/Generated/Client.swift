@@ -1274,7 +1274,7 @@ public struct Client: APIProtocol {
             }
         )
     }
-    /// lifecycle events, oldest first
+    /// lifecycle events, oldest first; optionally a stream of them as they happen
     ///
     /// - Remark: HTTP `GET /events`.
     /// - Remark: Generated from `#/paths//events/get(getEvents)`.
@@ -1299,6 +1299,13 @@ public struct Client: APIProtocol {
                     name: "since",
                     value: input.query.since
                 )
+                try converter.setQueryItemAsURI(
+                    in: &request,
+                    style: .form,
+                    explode: true,
+                    name: "follow",
+                    value: input.query.follow
+                )
                 converter.setAcceptHeader(
                     in: &request.headerFields,
                     contentTypes: input.headers.accept
@@ -1313,7 +1320,8 @@ public struct Client: APIProtocol {
                     let chosenContentType = try converter.bestContentType(
                         received: contentType,
                         options: [
-                            "application/json"
+                            "application/json",
+                            "application/x-ndjson"
                         ]
                     )
                     switch chosenContentType {
@@ -1323,6 +1331,14 @@ public struct Client: APIProtocol {
                             from: responseBody,
                             transforming: { value in
                                 .json(value)
+                            }
+                        )
+                    case "application/x-ndjson":
+                        body = try converter.getResponseBodyAsBinary(
+                            OpenAPIRuntime.HTTPBody.self,
+                            from: responseBody,
+                            transforming: { value in
+                                .applicationXNdjson(value)
                             }
                         )
                     default:

@@ -1368,7 +1368,7 @@ fileprivate extension UniversalServer where APIHandler: APIProtocol {
             }
         )
     }
-    /// lifecycle events, oldest first
+    /// lifecycle events, oldest first; optionally a stream of them as they happen
     ///
     /// - Remark: HTTP `GET /events`.
     /// - Remark: Generated from `#/paths//events/get(getEvents)`.
@@ -1386,13 +1386,22 @@ fileprivate extension UniversalServer where APIHandler: APIProtocol {
                 APIHandler.getEvents($0)
             },
             deserializer: { request, requestBody, metadata in
-                let query: Operations.GetEvents.Input.Query = .init(since: try converter.getOptionalQueryItemAsURI(
-                    in: request.soar_query,
-                    style: .form,
-                    explode: true,
-                    name: "since",
-                    as: Swift.Int64.self
-                ))
+                let query: Operations.GetEvents.Input.Query = .init(
+                    since: try converter.getOptionalQueryItemAsURI(
+                        in: request.soar_query,
+                        style: .form,
+                        explode: true,
+                        name: "since",
+                        as: Swift.Int64.self
+                    ),
+                    follow: try converter.getOptionalQueryItemAsURI(
+                        in: request.soar_query,
+                        style: .form,
+                        explode: true,
+                        name: "follow",
+                        as: Swift.Bool.self
+                    )
+                )
                 let headers: Operations.GetEvents.Input.Headers = .init(accept: try converter.extractAcceptHeaderIfPresent(in: request.headerFields))
                 return Operations.GetEvents.Input(
                     query: query,
@@ -1416,6 +1425,16 @@ fileprivate extension UniversalServer where APIHandler: APIProtocol {
                             value,
                             headerFields: &response.headerFields,
                             contentType: "application/json; charset=utf-8"
+                        )
+                    case let .applicationXNdjson(value):
+                        try converter.validateAcceptIfPresent(
+                            "application/x-ndjson",
+                            in: request.headerFields
+                        )
+                        body = try converter.setResponseBodyAsBinary(
+                            value,
+                            headerFields: &response.headerFields,
+                            contentType: "application/x-ndjson"
                         )
                     }
                     return (response, body)

@@ -2201,7 +2201,7 @@ public enum Operations {
             }
         }
     }
-    /// lifecycle events, oldest first
+    /// lifecycle events, oldest first; optionally a stream of them as they happen
     ///
     /// - Remark: HTTP `GET /events`.
     /// - Remark: Generated from `#/paths//events/get(getEvents)`.
@@ -2214,12 +2214,21 @@ public enum Operations {
                 ///
                 /// - Remark: Generated from `#/paths/events/GET/query/since`.
                 public var since: Swift.Int64?
+                /// keep the response open: the events after `since`, then each new event as it is written, one JSON object (an Event) per line (application/x-ndjson), until the client goes
+                ///
+                /// - Remark: Generated from `#/paths/events/GET/query/follow`.
+                public var follow: Swift.Bool?
                 /// Creates a new `Query`.
                 ///
                 /// - Parameters:
                 ///   - since: only events with a larger sequence number
-                public init(since: Swift.Int64? = nil) {
+                ///   - follow: keep the response open: the events after `since`, then each new event as it is written, one JSON object (an Event) per line (application/x-ndjson), until the client goes
+                public init(
+                    since: Swift.Int64? = nil,
+                    follow: Swift.Bool? = nil
+                ) {
                     self.since = since
+                    self.follow = follow
                 }
             }
             public var query: Operations.GetEvents.Input.Query
@@ -2263,6 +2272,30 @@ public enum Operations {
                             switch self {
                             case let .json(body):
                                 return body
+                            default:
+                                try throwUnexpectedResponseBody(
+                                    expectedContent: "application/json",
+                                    body: self
+                                )
+                            }
+                        }
+                    }
+                    /// - Remark: Generated from `#/paths/events/GET/responses/200/content/application\/x-ndjson`.
+                    case applicationXNdjson(OpenAPIRuntime.HTTPBody)
+                    /// The associated value of the enum case if `self` is `.applicationXNdjson`.
+                    ///
+                    /// - Throws: An error if `self` is not `.applicationXNdjson`.
+                    /// - SeeAlso: `.applicationXNdjson`.
+                    public var applicationXNdjson: OpenAPIRuntime.HTTPBody {
+                        get throws {
+                            switch self {
+                            case let .applicationXNdjson(body):
+                                return body
+                            default:
+                                try throwUnexpectedResponseBody(
+                                    expectedContent: "application/x-ndjson",
+                                    body: self
+                                )
                             }
                         }
                     }
@@ -2277,7 +2310,7 @@ public enum Operations {
                     self.body = body
                 }
             }
-            /// events
+            /// events (a list), or with follow=true a stream of Event objects, one per line
             ///
             /// - Remark: Generated from `#/paths//events/get(getEvents)/responses/200`.
             ///
@@ -2326,12 +2359,15 @@ public enum Operations {
         }
         @frozen public enum AcceptableContentType: AcceptableProtocol {
             case json
+            case applicationXNdjson
             case applicationProblemJson
             case other(Swift.String)
             public init?(rawValue: Swift.String) {
                 switch rawValue.lowercased() {
                 case "application/json":
                     self = .json
+                case "application/x-ndjson":
+                    self = .applicationXNdjson
                 case "application/problem+json":
                     self = .applicationProblemJson
                 default:
@@ -2344,6 +2380,8 @@ public enum Operations {
                     return string
                 case .json:
                     return "application/json"
+                case .applicationXNdjson:
+                    return "application/x-ndjson"
                 case .applicationProblemJson:
                     return "application/problem+json"
                 }
@@ -2351,6 +2389,7 @@ public enum Operations {
             public static var allCases: [Self] {
                 [
                     .json,
+                    .applicationXNdjson,
                     .applicationProblemJson
                 ]
             }

@@ -92,7 +92,7 @@ public protocol APIProtocol: Sendable {
     /// - Remark: HTTP `GET /vms/{name}/logs`.
     /// - Remark: Generated from `#/paths//vms/{name}/logs/get(getLogs)`.
     func getLogs(_ input: Operations.GetLogs.Input) async throws -> Operations.GetLogs.Output
-    /// lifecycle events, oldest first
+    /// lifecycle events, oldest first; optionally a stream of them as they happen
     ///
     /// - Remark: HTTP `GET /events`.
     /// - Remark: Generated from `#/paths//events/get(getEvents)`.
@@ -299,7 +299,7 @@ extension APIProtocol {
             headers: headers
         ))
     }
-    /// lifecycle events, oldest first
+    /// lifecycle events, oldest first; optionally a stream of them as they happen
     ///
     /// - Remark: HTTP `GET /events`.
     /// - Remark: Generated from `#/paths//events/get(getEvents)`.

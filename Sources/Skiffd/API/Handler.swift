@@ -1,5 +1,6 @@
 import Foundation
 import OpenAPIRuntime
+import ServiceLifecycle
 import SkiffAPI
 
 /// The REST API (Sources/SkiffAPI/openapi.yaml) on the manager. Every
@@ -118,13 +119,19 @@ struct Handler: APIProtocol {
             let path = await manager.directory(vm).console
             let head = Console.read(path, tail: input.query.tail)
             guard input.query.follow == true else { return .ok(.init(body: .plainText(HTTPBody(head)))) }
-            return .ok(.init(body: .plainText(HTTPBody(followLog(manager: manager, name: vm.name, path: path, first: head), length: .unknown, iterationBehavior: .single))))
+            // A follower ends when skiffd shuts down, which waits for open responses.
+            let stream = followLog(manager: manager, name: vm.name, path: path, first: head).cancelOnGracefulShutdown()
+            return .ok(.init(body: .plainText(HTTPBody(stream, length: .unknown, iterationBehavior: .single))))
         }
     }
 
     func getEvents(_ input: Operations.GetEvents.Input) async throws -> Operations.GetEvents.Output {
         await respond {
             if let s = input.query.since, s < 0 { throw ManagerError.invalid("since \(s): a sequence number, 0 or more") }
+            if input.query.follow == true {
+                let stream = followEvents(store: manager.store, since: input.query.since ?? 0).cancelOnGracefulShutdown()
+                return .ok(.init(body: .applicationXNdjson(HTTPBody(stream, length: .unknown, iterationBehavior: .single))))
+            }
             let events = try manager.store.events(since: input.query.since ?? 0)
             return .ok(.init(body: .json(.init(items: events.map { .init(seq: $0.seq ?? 0, time: $0.time, vm: $0.vm, kind: $0.kind, detail: $0.detail) }))))
         }
