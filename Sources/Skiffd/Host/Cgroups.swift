@@ -35,8 +35,14 @@ struct Cgroups: Sendable {
         case .none: return
         case .v2:
             try make(v2Root + "/skiff")
-            try? write(v2Root + "/cgroup.subtree_control", "+cpu +memory +io")
-            try? write(v2Root + "/skiff/cgroup.subtree_control", "+cpu +memory +io")
+            // Only when a controller is missing: a write walks every cgroup below.
+            for parent in [v2Root, v2Root + "/skiff"] {
+                let on = ((try? String(contentsOfFile: parent + "/cgroup.subtree_control", encoding: .utf8)) ?? "")
+                    .split(whereSeparator: { $0 == " " || $0 == "\n" })
+                if !["cpu", "memory", "io"].allSatisfy({ on.contains(Substring($0)) }) {
+                    try? write(parent + "/cgroup.subtree_control", "+cpu +memory +io")
+                }
+            }
             let d = v2(name)
             try make(d)
             try write(d + "/cpu.weight", String(r.cpuShares ?? 100))
