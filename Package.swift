@@ -30,6 +30,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // Appliance specs (YAML) and the image store's digests.
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     ],
     targets: [
         .target(name: "CKVM"),
@@ -69,9 +72,14 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
+        // Appliances: specs, the builder (mmdebstrap, erofs), the content-addressed image store.
+        .target(name: "Images", dependencies: [
+            .product(name: "Yams", package: "Yams"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         // skiffd, and the manager's CLI (`skiff ps`, ...) that `skiff` hands over to.
         .executableTarget(name: "skiffd", dependencies: [
-            "Skiffd", "SkiffAPI",
+            "Skiffd", "SkiffAPI", "Images",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "OpenAPIAsyncHTTPClient", package: "swift-openapi-async-http-client"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -87,6 +95,7 @@ let package = Package(
         .testTarget(name: "ApplianceTests", dependencies: ["Appliance"]),
         .testTarget(name: "SkiffTests", dependencies: ["Appliance", "Machine", "SkiffControl"], exclude: ["schemathesis_hooks.py", "fresh_root_install.sh"]),
         .testTarget(name: "SkiffdTests", dependencies: ["Skiffd"]),
+        .testTarget(name: "ImagesTests", dependencies: ["Images"]),
     ]
 )
 

@@ -14,6 +14,8 @@ enum Manager {
            skiff ps | create NAME | start | stop | kill | pause | resume | rm NAME...
            skiff logs [-f] NAME | inspect NAME | attach NAME | snapshot VM [NAME] | clone VM -c N
            skiff usage [--format table|csv|json] | events [-f]
+    Appliances and images:
+           skiff appliance build SPEC | image ls | inspect IMAGE | rm IMAGE... | gc
     """
 
     static func handOver(_ args: ArraySlice<String>) -> Never {

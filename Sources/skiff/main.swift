@@ -335,7 +335,8 @@ case "status",
      "resume" where isSocketPath(args),
      "snapshot" where isSocketPath(args):
     ControlClient.main(args) // a VM's control socket, by path
-case "ps", "create", "start", "stop", "kill", "pause", "resume", "rm", "logs", "inspect", "snapshot", "usage", "events", "attach":
+case "ps", "create", "start", "stop", "kill", "pause", "resume", "rm", "logs", "inspect", "snapshot", "usage", "events", "attach",
+     "appliance", "image":
     Manager.handOver(args)
 
 case "kernel":

@@ -12,7 +12,8 @@ struct SkiffCLI: AsyncParsableCommand {
         discussion: "`skiff run`, `restore`, `clone SNAPSHOT`, `kernel` and `initramfs` are the per-VM commands (see `skiff run --help`).",
         version: "skiff \(cliVersion)",
         subcommands: [PS.self, Create.self, Start.self, Stop.self, Kill.self, Pause.self, Resume.self, Remove.self, Logs.self,
-                      Inspect.self, Snapshot.self, CloneVM.self, Usage.self, Events.self, AttachCommand.self])
+                      Inspect.self, Snapshot.self, CloneVM.self, Usage.self, Events.self, AttachCommand.self,
+                      ApplianceCommand.self, ImageCommand.self])
 }
 
 let cliVersion = "0.10.0"
