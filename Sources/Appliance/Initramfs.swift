@@ -12,13 +12,48 @@ import HostTools
 public enum Initramfs {
     public static let initScript = """
     #!/bin/sh
+    # An appliance image (skiff run IMAGE): its erofs root on /dev/vda under
+    # a tmpfs overlay, the command `skiff_app` names run in it as its user,
+    # with busybox bound in at /.skiff/sh and /.skiff/busybox for the last steps.
+    run_image() {
+        echo "$skiff_app" | base64 -d > /app.sh || { echo "skiff: exit 125"; return; }
+        unset skiff_app
+        . /app.sh
+        mkdir -p /image /rw /newroot
+        if ! mount -t erofs -o ro /dev/vda /image; then echo "skiff: the image's root (/dev/vda) does not mount"; echo "skiff: exit 125"; return; fi
+        mount -t tmpfs -o mode=0755 tmpfs /rw && mkdir -p /rw/upper /rw/work
+        mount -t overlay overlay -o lowerdir=/image,upperdir=/rw/upper,workdir=/rw/work /newroot
+        for d in proc sys dev tmp .skiff; do mkdir -p /newroot/$d; done
+        mount -t proc proc /newroot/proc
+        mount -t sysfs sysfs /newroot/sys
+        mount -t devtmpfs devtmpfs /newroot/dev
+        mount -t tmpfs tmpfs /newroot/tmp
+        for b in sh busybox; do touch /newroot/.skiff/$b && mount --bind /bin/busybox /newroot/.skiff/$b; done
+        ip link set lo up 2>/dev/null
+        case "$skiff_user" in
+            *[!0-9]*) name=$skiff_user ;;
+            *) name=$(awk -F: -v u="$skiff_user" '$3 == u { print $1; exit }' /newroot/etc/passwd) ;;
+        esac
+        if ! grep -q "^$name:" /newroot/etc/passwd 2>/dev/null; then echo "skiff: user $skiff_user is not in the image's /etc/passwd"; echo "skiff: exit 125"; return; fi
+        export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/
+        run='cd "$0" || exit 125; exec "$@"'
+        if [ "$name" = root ]; then
+            chroot /newroot /.skiff/sh -c "$run" "$skiff_workdir" "$@"
+        else
+            # busybox's su as the user (environment kept: -p), its shell the bound busybox.
+            chroot /newroot /.skiff/busybox su -p -s /.skiff/sh "$name" -c "$run" "$skiff_workdir" "$@"
+        fi
+        echo "skiff: exit $?"
+    }
     mount -t proc proc /proc
     mount -t sysfs sysfs /sys
     mount -t devtmpfs devtmpfs /dev 2>/dev/null
     mount -t tmpfs tmpfs /tmp
     read -r _ _ kernel _ < /proc/version
     echo "skiff guest: Linux $kernel, $(grep -c ^processor /proc/cpuinfo) CPU(s), $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
-    if [ -n "$skiff_run" ]; then
+    if [ -n "$skiff_app" ]; then
+        run_image
+    elif [ -n "$skiff_run" ]; then
         sh -c "$skiff_run"
         echo "skiff: exit $?"
     else

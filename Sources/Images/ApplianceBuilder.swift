@@ -90,7 +90,9 @@ public struct ApplianceBuilder {
                                      workdir: spec.workdir, ports: spec.ports, health: spec.health, volumes: spec.volumes.sorted(),
                                      cpus: spec.cpus, memoryMiB: spec.memory, source: "appliance sha256:\(specDigest)", packages: packages)
         let digest = try store.add(manifest: manifest)
+        // name:VERSION, and name:latest for the newest build (`skiff run nginx`).
         try store.tag(ImageReference(name: spec.name, tag: spec.version), digest)
+        if spec.version != "latest" { try store.tag(ImageReference(name: spec.name, tag: "latest"), digest) }
         progress("\(spec.name):\(spec.version) \(digest) (\(bytes >> 10) KiB)")
         return (digest, manifest)
     }

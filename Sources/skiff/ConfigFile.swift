@@ -110,8 +110,8 @@ extension RunOptions {
     }
 }
 
-/// One JSON object of the config file, with typed, checked members.
-private struct Document {
+/// One JSON object (of the config file, of an image's manifest), with typed, checked members.
+struct Document {
     let members: [(String, JSONValue)]
     let at: String
 
@@ -159,6 +159,17 @@ private struct Document {
         guard let v = value(key) else { return nil }
         guard case .number(let d) = v, let n = Int(exactly: d) else { throw ConfigurationError("\(at).\(key): expected a whole number") }
         return n
+    }
+
+    func strings(_ key: String) throws(ConfigurationError) -> [String]? {
+        guard let v = value(key) else { return nil }
+        guard case .array(let items) = v else { throw ConfigurationError("\(at).\(key): expected an array of strings") }
+        var out: [String] = []
+        for item in items {
+            guard case .string(let s) = item, !s.utf8.contains(0) else { throw ConfigurationError("\(at).\(key): expected strings without NUL bytes") }
+            out.append(s)
+        }
+        return out
     }
 
     func bool(_ key: String) throws(ConfigurationError) -> Bool? {

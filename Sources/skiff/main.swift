@@ -19,6 +19,11 @@ usage: skiff run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline TEXT
                  [--balloon [size=MIB][,no-deflate-on-oom][,no-reporting]]
                  [--control-socket PATH] [--track-dirty-pages]
                  [--exit-file PATH] [--cgroup NAME]   (for skiffd)
+       skiff run [OPTIONS] [--rm] IMAGE [-- COMMAND ARGS...]
+                                   an appliance image (skiff appliance build,
+                                   skiff image ls; store: $SKIFF_IMAGES, else
+                                   /var/lib/skiff/images) on the default guest;
+                                   COMMAND replaces the image's
        skiff restore SNAPSHOT [--control-socket PATH] [--paused] [--track-dirty-pages]
                  [--net ...]... [--vsock ...]   (these replace the saved ones)
        skiff clone SNAPSHOT -n N [--output-dir DIR]
@@ -92,6 +97,9 @@ struct RunOptions {
     var cgroup: String?
     /// Every option given, by name (restore accepts only some).
     var given: [String] = []
+    /// `skiff run IMAGE [-- COMMAND...]`: an appliance image (ImageRun.swift).
+    var image: String?
+    var imageArguments: [String] = []
 
     init(_ args: ArraySlice<String>) throws(ConfigurationError) {
         var rest = args
@@ -102,6 +110,18 @@ struct RunOptions {
         while let arg = rest.popFirst() {
             given.append(String(arg.prefix { $0 != "=" }))
             if arg == "--help" || arg == "-h" { print(usage); exit(0) }
+            if arg == "--" {
+                guard image != nil else { throw ConfigurationError("'--' comes after an image: skiff run IMAGE -- COMMAND ARGS...") }
+                imageArguments = Array(rest); rest = []
+                continue
+            }
+            if !arg.hasPrefix("-") {
+                guard image == nil else { throw ConfigurationError("\(arg): one image only (a command for it goes after '--')") }
+                image = arg
+                continue
+            }
+            // Docker's habit; a `skiff run` VM keeps nothing after it ends anyway.
+            if arg == "--rm" { continue }
             if arg == "--rng" { rng = true; continue }
             if arg == "--track-dirty-pages" { trackDirtyPages = true; continue }
             if arg == "--paused" { paused = true; continue }
@@ -252,20 +272,38 @@ func run(_ args: ArraySlice<String>) -> Never {
     guard !options.paused, options.cloneIndex == nil else { fail("--paused and --clone-index are for skiff restore", status: 2) }
 
     var config: VMConfiguration
+    var appliance: ApplianceRun?
     do {
+        if let image = options.image { appliance = try ApplianceRun.load(image) }
         if let kernel = options.kernel {
             config = VMConfiguration(kernelPath: kernel, initrdPath: options.initrd)
         } else {
             config = VMConfiguration(kernelPath: try DefaultGuest.kernelPath(),
                                      initrdPath: try options.initrd ?? DefaultGuest.initramfsPath())
         }
-    } catch { fail("default guest: \(error)", status: 1) }
+    } catch let e as ConfigurationError { fail(e.description, status: 2) } catch { fail("default guest: \(error)", status: 1) }
     if let c = options.cmdline { config.commandLine = c }
     if !options.append.isEmpty { config.commandLine = ([config.commandLine] + options.append).joined(separator: " ") }
     config.cpus = options.cpus
     config.memoryMiB = options.memoryMiB
     config.cpuTemplate = options.template
     config.disks = options.disks
+    if let appliance {
+        // The image's root is the first disk (/dev/vda); its CPUs and memory unless given.
+        var root = Block.Options(path: appliance.rootfs)
+        root.readOnly = true
+        root.id = "image"
+        config.disks = [root] + options.disks
+        if !options.given.contains("--cpus") { config.cpus = appliance.cpus }
+        if !options.given.contains("--memory") { config.memoryMiB = UInt64(appliance.memoryMiB) }
+        // An application sees its own output, not the kernel's (each byte on
+        // the emulated serial port costs an exit); and entropy at once:
+        // Python's start blocks in getrandom until the kernel's pool is ready
+        // (45 s here without a virtio-rng).
+        config.rng = true
+        if options.cmdline == nil { config.commandLine += " quiet" }
+        do { config.commandLine += " " + (try appliance.kernelParameters(arguments: options.imageArguments)) } catch { fail(error.description, status: 2) }
+    }
     config.rng = options.rng
     config.vsock = options.vsock
     config.nets = options.nets
