@@ -41,13 +41,13 @@ final class ApplianceImageTests: XCTestCase {
         XCTAssertTrue(digest.hasPrefix("sha256:"), r.stdout)
         print(r.stderr.split(separator: "\n").filter { $0.contains("trimmed") || $0.contains("KiB") }.joined(separator: "\n"))
 
-        r = try Harness.skiff(["run", "--rm", "python", "--", "python3", "-c", "print(6*7)"], timeout: 120, environment: environment)
-        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        XCTAssertTrue(r.stdout.split(separator: "\n").contains { $0.trimmingCharacters(in: .whitespacesAndNewlines) == "42" }, r.stdout)
-        r = try Harness.skiff(["run", "python:3.11", "--", "python3", "-c", "import json, sys; print(json.dumps({'a': 1})); sys.exit(3)"],
-                              timeout: 120, environment: environment)
+        // One boot (about a minute on this host): the output, the standard
+        // library the spec keeps, and the program's status as skiff's.
+        r = try Harness.skiff(["run", "--rm", "python", "--", "python3", "-c", "import json, sys; print(6*7); print(json.dumps({'a': 1})); sys.exit(3)"],
+                              timeout: 300, environment: environment)
         XCTAssertEqual(r.status, 3, "a failing program's status is skiff's: " + r.stdout + r.stderr)
-        XCTAssertTrue(r.stdout.contains("{\"a\": 1}"), "the standard library the spec keeps: " + r.stdout)
+        XCTAssertTrue(r.stdout.split(separator: "\n").contains { $0.trimmingCharacters(in: .whitespacesAndNewlines) == "42" }, r.stdout)
+        XCTAssertTrue(r.stdout.contains("{\"a\": 1}"), r.stdout)
 
         // The same spec and package versions: the same digest.
         r = try build(spec("python"))
