@@ -82,7 +82,6 @@ final class ApplianceImageTests: XCTestCase {
         let cases = [
             ("malformed", "name: [unclosed\n", "not YAML"),
             ("unknown-package", "name: nopkg\ncommand: [true]\npackages: [skiff-no-such-package]\n", "skiff-no-such-package"),
-            ("conflicting", "name: conflict\ncommand: [true]\npackages: [nginx-light, nginx-full]\n", "failed"),
             ("never-healthy", "name: sick\ncommand: [sleep, \"600\"]\nhealth: {tcp: 9}\n", "health check never passed"),
         ]
         for (name, text, expected) in cases {
