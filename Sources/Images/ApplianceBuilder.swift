@@ -33,7 +33,7 @@ public struct ApplianceBuilder {
 
     /// Builds and tags `name:version`; returns the manifest's digest.
     public func build(_ spec: ApplianceSpec, specText: String) throws -> (digest: String, manifest: ImageManifest) {
-        let specDigest = SHA256.hash(data: Data(specText.utf8)).map { String(format: "%02x", $0) }.joined()
+        let specDigest = ImageStore.hex(SHA256.hash(data: Data(specText.utf8)))
         let work = store.temporary + "/build-\(spec.name)-\(getpid())"
         try? FileManager.default.removeItem(atPath: work)
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])

@@ -179,6 +179,11 @@ public struct ImageStore: Sendable {
         return e
     }()
 
+    /// Lower-case hex of a digest's bytes.
+    static func hex<D: Sequence>(_ bytes: D) -> String where D.Element == UInt8 {
+        bytes.map { String(format: "%02x", $0) }.joined()
+    }
+
     public static func sha256(file: String) throws -> (String, Int64) {
         guard let h = FileHandle(forReadingAtPath: file) else { throw Failure("\(file): cannot read") }
         defer { try? h.close() }
@@ -190,6 +195,6 @@ public struct ImageStore: Sendable {
             hasher.update(data: chunk)
             total += Int64(chunk.count)
         }
-        return ("sha256:" + hasher.finalize().map { String(format: "%02x", $0) }.joined(), total)
+        return ("sha256:" + hex(hasher.finalize()), total)
     }
 }
