@@ -17,14 +17,36 @@ public enum DefaultGuest {
     /// source tree this binary was built from.
     public static var kernelSourceDirectory: String {
         if let d = getenv("SKIFF_KERNEL_DIR") { return String(cString: d) }
+        return sourceDirectory("kernel", holding: "build.sh")
+    }
+
+    /// A folder of the repository's (`kernel`, `guest`): an installed
+    /// package's `../share/skiff/NAME` from this binary, else the source
+    /// tree this binary was built from.
+    static func sourceDirectory(_ name: String, holding file: String) -> String {
         if let bin = Executable.directory {
-            let installed = bin + "/../share/skiff/kernel"
-            if access(installed + "/build.sh", R_OK) == 0 { return installed }
+            let installed = bin + "/../share/skiff/" + name
+            if access(installed + "/" + file, R_OK) == 0 { return installed }
         }
-        let file = #filePath // .../Sources/Appliance/DefaultGuest.swift
-        var parts = file.split(separator: "/", omittingEmptySubsequences: false)
+        let source = #filePath // .../Sources/Appliance/DefaultGuest.swift
+        var parts = source.split(separator: "/", omittingEmptySubsequences: false)
         parts.removeLast(3)
-        return parts.joined(separator: "/") + "/kernel"
+        return parts.joined(separator: "/") + "/" + name
+    }
+
+    /// The guest agent (guest/agent.c, PID 1 of every default guest),
+    /// compiled static on first use and cached by its source's digest.
+    public static func agentBinary() throws -> [UInt8] {
+        let source = sourceDirectory("guest", holding: "agent.c") + "/agent.c"
+        let text = try FileIO.read(source)
+        let path = cacheDirectory + "/skiff-agent-\(Initramfs.digest(text))"
+        if access(path, R_OK) != 0 {
+            FileIO.progress("compiling the guest agent \(path)")
+            try Subprocess.run(["mkdir", "-p", cacheDirectory])
+            try Subprocess.run(["cc", "-static", "-Os", "-s", "-Wall", "-o", path + ".tmp", source])
+            try Subprocess.run(["mv", "-f", path + ".tmp", path])
+        }
+        return try FileIO.read(path)
     }
 
     /// The built kernel's folder (vmlinux, bzImage, .config), building it
@@ -51,7 +73,7 @@ public enum DefaultGuest {
             try Subprocess.run(["sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static >&2 || (apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static >&2)"])
         }
         let binary = try FileIO.read(busybox)
-        let image = try Initramfs.build(busybox: binary, applets: Initramfs.applets(busybox))
+        let image = try Initramfs.build(busybox: binary, applets: Initramfs.applets(busybox), agent: agentBinary())
         let path = cacheDirectory + "/initramfs-\(Initramfs.digest(image)).cpio"
         if access(path, R_OK) != 0 {
             FileIO.progress("writing initramfs \(path) (\(image.count >> 10) KiB)")

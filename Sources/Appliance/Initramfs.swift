@@ -4,11 +4,13 @@ import HostTools
 /// The default guest's root: busybox (as Debian ships it, statically
 /// linked, unmodified) with a link per applet, and an /init script.
 ///
-/// /init mounts the usual filesystems and prints a banner; then, if the
-/// kernel command line set `skiff_run="COMMAND"` (Linux hands unknown
-/// `name=value` parameters to init as environment variables), it runs that
-/// command, prints `skiff: exit N` and reboots; otherwise it runs a shell on
-/// the console and reboots when the shell ends.
+/// /init mounts the usual filesystems and prints a banner, then execs the
+/// guest agent (guest/agent.c) as PID 1 with what to run: if the kernel
+/// command line set `skiff_run="COMMAND"` (Linux hands unknown `name=value`
+/// parameters to init as environment variables), that command, after which
+/// the agent prints `skiff: exit N` and reboots; an appliance image's
+/// command (`skiff_app`) the same way; otherwise a shell on the console,
+/// rebooting when the shell ends. The agent answers the host on vsock.
 public enum Initramfs {
     public static let initScript = """
     #!/bin/sh
@@ -30,6 +32,14 @@ public enum Initramfs {
         mount -t tmpfs tmpfs /newroot/tmp
         for b in sh busybox; do touch /newroot/.skiff/$b && mount --bind /bin/busybox /newroot/.skiff/$b; done
         ip link set lo up 2>/dev/null
+        # Skiff's network (skiff run as root): the address, route and name
+        # servers the launcher leased for this VM.
+        if [ -n "$skiff_ip" ]; then
+            { ip link set eth0 up && ip addr add "$skiff_ip" dev eth0 && ip route add default via "$skiff_gw"; } \
+                || echo "skiff: eth0 did not take $skiff_ip"
+            rm -f /newroot/etc/resolv.conf
+            for s in $skiff_dns; do echo "nameserver $s"; done > /newroot/etc/resolv.conf
+        fi
         case "$skiff_user" in
             *[!0-9]*) name=$skiff_user ;;
             *) name=$(awk -F: -v u="$skiff_user" '$3 == u { print $1; exit }' /newroot/etc/passwd) ;;
@@ -37,13 +47,13 @@ public enum Initramfs {
         if ! grep -q "^$name:" /newroot/etc/passwd 2>/dev/null; then echo "skiff: user $skiff_user is not in the image's /etc/passwd"; echo "skiff: exit 125"; return; fi
         export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/
         run='cd "$0" || exit 125; exec "$@"'
+        # The agent (PID 1 from here) runs the command and answers the host.
         if [ "$name" = root ]; then
-            chroot /newroot /.skiff/sh -c "$run" "$skiff_workdir" "$@"
+            exec /bin/skiff-agent /newroot /bin/busybox chroot /newroot /.skiff/sh -c "$run" "$skiff_workdir" "$@"
         else
             # busybox's su as the user (environment kept: -p), its shell the bound busybox.
-            chroot /newroot /.skiff/busybox su -p -s /.skiff/sh "$name" -c "$run" "$skiff_workdir" "$@"
+            exec /bin/skiff-agent /newroot /bin/busybox chroot /newroot /.skiff/busybox su -p -s /.skiff/sh "$name" -c "$run" "$skiff_workdir" "$@"
         fi
-        echo "skiff: exit $?"
     }
     mount -t proc proc /proc
     mount -t sysfs sysfs /sys
@@ -54,16 +64,15 @@ public enum Initramfs {
     if [ -n "$skiff_app" ]; then
         run_image
     elif [ -n "$skiff_run" ]; then
-        sh -c "$skiff_run"
-        echo "skiff: exit $?"
+        exec /bin/skiff-agent / /bin/sh -c "$skiff_run"
     else
-        setsid cttyhack sh
+        exec /bin/skiff-agent --quiet / /bin/busybox setsid cttyhack sh
     fi
     reboot -f
 
     """
 
-    public static func build(busybox: [UInt8], applets: [String]) throws -> [UInt8] {
+    public static func build(busybox: [UInt8], applets: [String], agent: [UInt8]) throws -> [UInt8] {
         var cpio = CpioWriter()
         for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc"] {
             cpio.directory(d)
@@ -71,6 +80,7 @@ public enum Initramfs {
         cpio.characterDevice("dev/console", major: 5, minor: 1)
         cpio.characterDevice("dev/null", major: 1, minor: 3, permissions: 0o666)
         cpio.file("bin/busybox", busybox, permissions: 0o755)
+        cpio.file("bin/skiff-agent", agent, permissions: 0o755)
         for applet in applets where applet != "busybox" {
             // busybox --list names applets only; put each in bin (sh finds all via PATH).
             cpio.symlink("bin/" + applet, to: "busybox")

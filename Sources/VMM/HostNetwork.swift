@@ -21,6 +21,8 @@ public final class HostNetwork: @unchecked Sendable {
         case deleteBridgeIfUnused(String)
         /// Puts ip_forward back as it was, once no other Skiff NAT needs it.
         case restoreForwarding(String)
+        /// Gives the address back (NetworkLease).
+        case releaseLease(UInt32)
     }
     private var undo: [Undo] = []
 
@@ -38,6 +40,10 @@ public final class HostNetwork: @unchecked Sendable {
     public func setUp(_ o: Net.Options, interface tap: String) throws(NetError) {
         do {
             guard Net.interfaceNameIsValid(tap) else { throw NetError("--net tap=\(tap): not an interface name") }
+            if o.shared {
+                try joinShared(o, tap: tap)
+                return
+            }
             var device = tap
             if let bridge = o.bridge {
                 guard Net.interfaceNameIsValid(bridge) else {
@@ -83,6 +89,69 @@ public final class HostNetwork: @unchecked Sendable {
         }
     }
 
+    /// Joins a network many VMs share (NetworkLease): under the network's
+    /// lock, the bridge, its address, route_localnet (published ports answer
+    /// on 127.0.0.1 too, as Docker's do) and one NAT table are made if
+    /// missing, and go with the bridge when its last VM leaves. The TAP is
+    /// an isolated port: VMs on the network reach the host and the outside,
+    /// never one another. Then this VM's published ports.
+    private func joinShared(_ o: Net.Options, tap: String) throws {
+        guard let bridge = o.bridge, Net.interfaceNameIsValid(bridge), let address = o.hostAddress,
+              let subnet = Self.subnet(address) else { throw NetError("a shared network needs a bridge and its address") }
+        if let n = o.lease { undo.append(.releaseLease(n)) }
+        try enableForwarding()
+        try NetworkLease.withLock { () throws(NetError) in
+            do {
+                if !Self.linkExists(bridge) {
+                    try ip(["link", "add", "name", bridge, "type", "bridge"])
+                    try ip(["link", "set", "dev", bridge, "alias", Self.bridgeMark])
+                }
+                if Self.isSkiffBridge(bridge) { undo.append(.deleteBridgeIfUnused(bridge)) }
+                let addresses = try Subprocess.run([Self.tool("ip"), "-o", "-4", "addr", "show", "dev", bridge], capture: true, quiet: true)
+                if !addresses.contains(" \(address) ") { try ip(["addr", "add", address, "dev", bridge]) }
+                try ip(["link", "set", "dev", bridge, "up"])
+                _ = Self.writeSysctl("/proc/sys/net/ipv4/conf/\(bridge)/route_localnet", "1")
+                let table = Self.sharedTable(bridge)
+                if (try? Subprocess.run([Self.tool("nft"), "list", "table", "ip", table], capture: true, quiet: true)) == nil {
+                    try nft(["add", "table", "ip", table])
+                    try nft(["add", "chain", "ip", table, "postrouting", "{ type nat hook postrouting priority 100 ; }"])
+                    try nft(["add", "rule", "ip", table, "postrouting", "ip", "saddr", subnet, "oifname", "!=", "\"\(bridge)\"", "masquerade"])
+                    // A published port reached at 127.0.0.1: the guest answers the bridge's address.
+                    try nft(["add", "rule", "ip", table, "postrouting", "ip", "saddr", "127.0.0.0/8", "oifname", "\"\(bridge)\"", "masquerade"])
+                }
+                try ip(["link", "set", "dev", tap, "master", bridge], undo: ["link", "set", "dev", tap, "nomaster"])
+                try Subprocess.run([Self.tool("bridge"), "link", "set", "dev", tap, "isolated", "on"], capture: true)
+                try guardSourceMAC(o.mac, tap: tap)
+                try ip(["link", "set", "dev", tap, "up"])
+                try publish(o, tap: tap)
+            } catch let e as NetError { throw e } catch { throw NetError("network \(bridge): \(error)") }
+        }
+    }
+
+    static func sharedTable(_ bridge: String) -> String { "skiff-net-\(bridge)" }
+
+    /// DNAT of each published host port to the guest's, for packets from
+    /// outside (prerouting) and from the host itself (output), to any of
+    /// the host's own addresses. A port another VM publishes is refused.
+    private func publish(_ o: Net.Options, tap: String) throws {
+        guard !o.published.isEmpty else { return }
+        guard let guest = o.guestAddress, Self.subnet(guest + "/32") != nil else { throw NetError("published ports need the guest's address") }
+        let ruleset = (try? Subprocess.run([Self.tool("nft"), "list", "ruleset", "ip"], capture: true, quiet: true)) ?? ""
+        for p in o.published where ruleset.contains("\(p.proto.rawValue) dport \(p.host) dnat") {
+            throw NetError("-p \(p.host):\(p.guest): host port \(p.host)/\(p.proto.rawValue) is published by another VM")
+        }
+        let table = "skiff-\(getpid())-\(tap)-ports"
+        try nft(["add", "table", "ip", table], undo: ["delete", "table", "ip", table])
+        try nft(["add", "chain", "ip", table, "outside", "{ type nat hook prerouting priority -100 ; }"])
+        try nft(["add", "chain", "ip", table, "host", "{ type nat hook output priority -100 ; }"])
+        for p in o.published {
+            for chain in ["outside", "host"] {
+                try nft(["add", "rule", "ip", table, chain, "fib", "daddr", "type", "local", p.proto.rawValue, "dport", "\(p.host)",
+                         "dnat", "to", "\(guest):\(p.guest)"])
+            }
+        }
+    }
+
     /// On a bridge the guest could send with any source MAC and take over
     /// another machine's traffic: frames from its TAP must carry its own.
     private func guardSourceMAC(_ mac: [UInt8], tap: String) throws {
@@ -107,8 +176,15 @@ public final class HostNetwork: @unchecked Sendable {
             case .run(let command):
                 _ = try? Subprocess.run(command, capture: true, quiet: true)
             case .deleteBridgeIfUnused(let bridge):
-                let ports = (try? Subprocess.run([Self.tool("ip"), "-o", "link", "show", "master", bridge], capture: true, quiet: true)) ?? "x"
-                if ports.isEmpty { _ = try? Subprocess.run([Self.tool("ip"), "link", "del", "dev", bridge], capture: true, quiet: true) }
+                // Under the network's lock: no VM joins between the look and the delete.
+                _ = try? NetworkLease.withLock { () throws(NetError) in
+                    let ports = (try? Subprocess.run([Self.tool("ip"), "-o", "link", "show", "master", bridge], capture: true, quiet: true)) ?? "x"
+                    guard ports.isEmpty else { return }
+                    _ = try? Subprocess.run([Self.tool("ip"), "link", "del", "dev", bridge], capture: true, quiet: true)
+                    _ = try? Subprocess.run([Self.tool("nft"), "delete", "table", "ip", Self.sharedTable(bridge)], capture: true, quiet: true)
+                }
+            case .releaseLease(let number):
+                NetworkLease(number: number).release()
             case .restoreForwarding(let value):
                 let tables = (try? Subprocess.run([Self.tool("nft"), "list", "tables", "ip"], capture: true, quiet: true)) ?? "skiff-"
                 if !tables.contains("skiff-") { _ = Self.writeForwarding(value) }
@@ -148,8 +224,10 @@ public final class HostNetwork: @unchecked Sendable {
         return read(fd, &b, 1) == 1 ? String(UnicodeScalar(b)) : nil
     }
 
-    static func writeForwarding(_ value: String) -> Bool {
-        let fd = open(forwarding, O_WRONLY | O_CLOEXEC)
+    static func writeForwarding(_ value: String) -> Bool { writeSysctl(forwarding, value) }
+
+    static func writeSysctl(_ path: String, _ value: String) -> Bool {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { return false }
         defer { close(fd) }
         return write(fd, value, 1) == 1

@@ -67,6 +67,13 @@ struct ApplianceRun {
         return ApplianceRun(rootfs: rootfs, command: command, environment: environment, workdir: workdir, user: user, cpus: cpus, memoryMiB: memory)
     }
 
+    /// eth0's set-up, done by /init before the command starts.
+    struct GuestNetwork {
+        var address: String // ADDRESS/PREFIX
+        var gateway: String
+        var nameservers: [String]
+    }
+
     static func blobPath(_ store: String, _ digest: String) throws(ConfigurationError) -> String {
         let hex = digest.utf8.dropFirst(7)
         guard digest.hasPrefix("sha256:"), hex.count == 64, hex.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) else {
@@ -84,11 +91,14 @@ struct ApplianceRun {
     /// `skiff_app=` a base64 shell fragment (the kernel passes it to init as
     /// an environment variable) that /init sources. Every word in it is
     /// single-quoted, so no value is ever read as shell syntax.
-    func kernelParameters(arguments: [String]) throws(ConfigurationError) -> String {
+    func kernelParameters(arguments: [String], network: GuestNetwork? = nil) throws(ConfigurationError) -> String {
         func quote(_ s: String) -> String {
             "'" + s.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "'\\''") + "'"
         }
         var script = "skiff_workdir=\(quote(workdir))\nskiff_user=\(quote(user))\n"
+        if let network {
+            script += "skiff_ip=\(quote(network.address))\nskiff_gw=\(quote(network.gateway))\nskiff_dns=\(quote(network.nameservers.joined(separator: " ")))\n"
+        }
         for (k, v) in environment { script += "export \(k)=\(quote(v))\n" }
         script += "set -- " + (arguments.isEmpty ? command : arguments).map(quote).joined(separator: " ") + "\n"
         let encoded = Base64.encode(Array(script.utf8))

@@ -19,11 +19,19 @@ usage: skiff run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline TEXT
                  [--balloon [size=MIB][,no-deflate-on-oom][,no-reporting]]
                  [--control-socket PATH] [--track-dirty-pages]
                  [--exit-file PATH] [--cgroup NAME]   (for skiffd)
-       skiff run [OPTIONS] [--rm] IMAGE [-- COMMAND ARGS...]
+       skiff run [OPTIONS] [--rm] [-p HOST:GUEST[/udp]]... [-e NAME=VALUE]...
+                 [--network skiff|none] [--name NAME] IMAGE [-- COMMAND ARGS...]
                                    an appliance image (skiff appliance build,
                                    skiff image ls; store: $SKIFF_IMAGES, else
                                    /var/lib/skiff/images) on the default guest;
-                                   COMMAND replaces the image's
+                                   COMMAND replaces the image's. As root it is
+                                   on Skiff's network (bridge skiff0,
+                                   172.29.0.0/16, NAT; an address of its own,
+                                   isolated from other VMs) and -p publishes
+                                   a port on the host's addresses
+       skiff exec [-i] [-t] VM -- COMMAND [ARGS...]
+                                   a command in a running image's VM (its name:
+                                   --name, else IMAGE-PID) through its guest agent
        skiff restore SNAPSHOT [--control-socket PATH] [--paused] [--track-dirty-pages]
                  [--net ...]... [--vsock ...]   (these replace the saved ones)
        skiff clone SNAPSHOT -n N [--output-dir DIR]
@@ -100,6 +108,14 @@ struct RunOptions {
     /// `skiff run IMAGE [-- COMMAND...]`: an appliance image (ImageRun.swift).
     var image: String?
     var imageArguments: [String] = []
+    /// `-p HOST:GUEST`: ports an image's VM publishes on the host.
+    var published: [PublishedPort] = []
+    /// `-e NAME=VALUE`: more environment for an image's command.
+    var environment: [(String, String)] = []
+    /// `--network none`: an image's VM gets no network (else Skiff's, as root).
+    var network = "skiff"
+    /// `--name N`: an image's VM's name (`skiff exec N`); else IMAGE-PID.
+    var name: String?
 
     init(_ args: ArraySlice<String>) throws(ConfigurationError) {
         var rest = args
@@ -159,6 +175,20 @@ struct RunOptions {
                     throw ConfigurationError("--cpu-template \(s): unknown (known: \(CPUTemplate.allCases.map(\.rawValue).joined(separator: ", ")))")
                 }
                 template = t
+            case "-p", "--publish":
+                let s = try v()
+                guard let p = PublishedPort(parsing: s) else { throw ConfigurationError("-p \(s.prefix(40)): not HOST:GUEST[/tcp|/udp] (ports 1-65535)") }
+                published.append(p)
+            case "-e", "--env":
+                let s = try v()
+                guard let eq = s.firstIndex(of: "="), ApplianceRun.isEnvironmentName(String(s[..<eq])),
+                      !s.utf8.contains(0), !s.utf8.contains(0x0a) else { throw ConfigurationError("-e \(s.prefix(40)): not NAME=VALUE on one line") }
+                environment.append((String(s[..<eq]), String(s[s.index(after: eq)...])))
+            case "--name": name = try v()
+            case "--network":
+                let s = try v()
+                guard s == "skiff" || s == "none" else { throw ConfigurationError("--network \(s.prefix(40)): skiff (the default) or none") }
+                network = s
             case "--disk": disks.append(try Self.disk(try v()))
             case "--vsock": vsock = try Self.vsock(try v())
             case "--net": nets.append(try Self.net(try v(), index: nets.count))
@@ -288,7 +318,13 @@ func run(_ args: ArraySlice<String>) -> Never {
     config.memoryMiB = options.memoryMiB
     config.cpuTemplate = options.template
     config.disks = options.disks
-    if let appliance {
+    config.rng = options.rng
+    config.nets = options.nets
+    var vsock = options.vsock
+    if !options.published.isEmpty || !options.environment.isEmpty || options.given.contains("--network") || options.name != nil {
+        guard appliance != nil else { fail("-p, -e, --name and --network are for an image: skiff run [OPTIONS] IMAGE", status: 2) }
+    }
+    if var appliance {
         // The image's root is the first disk (/dev/vda); its CPUs and memory unless given.
         var root = Block.Options(path: appliance.rootfs)
         root.readOnly = true
@@ -302,11 +338,26 @@ func run(_ args: ArraySlice<String>) -> Never {
         // (45 s here without a virtio-rng).
         config.rng = true
         if options.cmdline == nil { config.commandLine += " quiet" }
-        do { config.commandLine += " " + (try appliance.kernelParameters(arguments: options.imageArguments)) } catch { fail(error.description, status: 2) }
+        appliance.environment += options.environment
+        var network: ApplianceRun.GuestNetwork?
+        if options.network == "skiff" && geteuid() == 0 {
+            do {
+                let lease = try NetworkLease.acquire()
+                config.nets = [lease.options(publishing: options.published)] + options.nets
+                network = .init(address: lease.cidr, gateway: NetworkLease.gateway, nameservers: NetworkLease.nameservers())
+            } catch { fail(error.description, status: 1) }
+        } else if !options.published.isEmpty {
+            fail(options.network == "none" ? "-p needs a network (not --network none)" : "-p needs root: a TAP on the skiff0 bridge and nftables rules", status: 2)
+        }
+        do { config.commandLine += " " + (try appliance.kernelParameters(arguments: options.imageArguments, network: network)) } catch { fail(error.description, status: 2) }
+        // Its name, and the vsock its guest agent answers on (skiff exec NAME).
+        let base = String(options.image!.prefix { $0 != ":" && $0 != "@" }.split(separator: "/").last ?? "vm")
+        do {
+            let dir = try VMName.claim(options.name ?? "\(VMName.isValid(base) ? base : "vm")-\(getpid())")
+            if options.vsock == nil { vsock = Vsock.Options(cid: 3, socketPath: dir + "/vsock") }
+        } catch { fail(error.description, status: 2) }
     }
-    config.rng = options.rng
-    config.vsock = options.vsock
-    config.nets = options.nets
+    config.vsock = vsock
     config.balloon = options.balloon
     launch(config, snapshot: nil, options: options)
 }
@@ -364,6 +415,8 @@ case "run":
     run(args.dropFirst())
 case "restore":
     restore(args.dropFirst())
+case "exec":
+    Exec.main(args.dropFirst())
 case "clone" where args.dropFirst().first.map(Manager.isDirectory) == false:
     Manager.handOver(args) // a VM of skiffd's, by name
 case "clone":

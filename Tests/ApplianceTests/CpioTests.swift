@@ -32,7 +32,7 @@ final class CpioTests: XCTestCase {
     }
 
     func testInitramfsHasInitAndBusybox() throws {
-        let image = try Initramfs.build(busybox: [0x7f, 0x45, 0x4c, 0x46], applets: ["sh", "ls", "busybox"])
+        let image = try Initramfs.build(busybox: [0x7f, 0x45, 0x4c, 0x46], applets: ["sh", "ls", "busybox"], agent: [0x7f, 0x45, 0x4c, 0x46])
         let text = String(decoding: image, as: UTF8.self)
         for name in ["init\0", "bin/busybox\0", "bin/sh\0", "bin/ls\0", "dev/console\0", "TRAILER!!!\0"] {
             XCTAssertTrue(text.contains(name), name)

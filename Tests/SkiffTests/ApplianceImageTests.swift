@@ -73,6 +73,71 @@ final class ApplianceImageTests: XCTestCase {
         XCTAssertLessThanOrEqual(bytes, 16 << 20)
     }
 
+    func netns(_ ns: String, _ args: [String], timeout: Double = 30) throws -> Harness.Result {
+        try Harness.run("/usr/sbin/ip", ["netns", "exec", ns] + args, timeout: timeout)
+    }
+
+    /// nginx and redis at once on Skiff's network in a namespace made for
+    /// the test: each gets its own address, and answers on the host's
+    /// 127.0.0.1 through its published port; each TAP is an isolated port;
+    /// when they stop, the bridge, its NAT, the ports and the leases go.
+    func testNginxAndRedisAnswerThroughPublishedPorts() throws {
+        XCTAssertEqual(try build(spec("nginx")).status, 0)
+        XCTAssertEqual(try build(spec("redis")).status, 0)
+        let ns = "skiff-appnet-\(getpid())"
+        XCTAssertEqual(try Harness.run("/usr/sbin/ip", ["netns", "add", ns]).status, 0)
+        defer { _ = try? Harness.run("/usr/sbin/ip", ["netns", "del", ns]) }
+        _ = try netns(ns, ["ip", "link", "set", "lo", "up"])
+        let leases = "/tmp/skiff-net-test-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: leases) }
+        var env = environment
+        env["SKIFF_NET_DIR"] = leases
+
+        let bad = try Harness.skiff(["run", "-p", "70000:80", "nginx"], environment: env)
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.stderr.contains("-p 70000:80"), bad.stderr)
+
+        let nginx = try Session("/usr/sbin/ip", ["netns", "exec", ns, Harness.skiff, "run", "-p", "8080:80", "nginx"], environment: env)
+        let redis = try Session("/usr/sbin/ip", ["netns", "exec", ns, Harness.skiff, "run", "-p", "6379:6379", "redis"], environment: env)
+        defer { for vm in [nginx, redis] where vm.isRunning { vm.signal(SIGKILL); _ = vm.wait(timeout: 10) } }
+
+        // A second VM asking for a host port already published is refused.
+        let published = Date()
+        while Date().timeIntervalSince(published) < 30, !(try netns(ns, ["nft", "list", "ruleset"]).stdout.contains("dport 8080")) {
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        let taken = try netns(ns, [Harness.skiff, "run", "-p", "8080:80", "nginx"], timeout: 60)
+        XCTAssertNotEqual(taken.status, 0)
+        XCTAssertTrue(taken.stderr.contains("published by another VM"), taken.stderr)
+
+        let t0 = Date()
+        var http = "", pong = ""
+        while Date().timeIntervalSince(t0) < 300 && (http != "200" || pong != "+PONG") {
+            if http != "200" {
+                http = (try netns(ns, ["curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8080/"])).stdout
+            }
+            if pong != "+PONG" {
+                pong = (try netns(ns, ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\\r\\n' >&3 && timeout 5 head -c 5 <&3"])).stdout
+            }
+            if !nginx.isRunning || !redis.isRunning { break }
+            Thread.sleep(forTimeInterval: 1)
+        }
+        print("appliance network: nginx HTTP \(http), redis \(pong), after \(Int(Date().timeIntervalSince(t0))) s")
+        XCTAssertEqual(http, "200", nginx.stdout + nginx.stderr)
+        XCTAssertEqual(pong, "+PONG", redis.stdout + redis.stderr)
+        let page = try netns(ns, ["curl", "-s", "-m", "5", "http://127.0.0.1:8080/"]).stdout
+        XCTAssertTrue(page.contains("Skiff appliance: nginx"), page)
+        let ports = try netns(ns, ["bridge", "-d", "link", "show"]).stdout
+        XCTAssertEqual(ports.components(separatedBy: "master skiff0").count - 1, 2, ports)
+        XCTAssertEqual(ports.components(separatedBy: "isolated on").count - 1, 2, ports)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: leases).filter { $0 != "lock" }.count, 2)
+
+        for vm in [nginx, redis] { vm.signal(SIGTERM); _ = vm.wait(timeout: 30) }
+        XCTAssertFalse(try netns(ns, ["ip", "-br", "link"]).stdout.contains("skiff0"))
+        XCTAssertEqual(try netns(ns, ["nft", "list", "ruleset"]).stdout, "")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: leases).filter { $0 != "lock" }, [])
+    }
+
     func testBadSpecsChangeNothing() throws {
         XCTAssertEqual(try build(spec("python")).status, 0)
         let before = storeContents()

@@ -188,6 +188,11 @@ final class GuestIntegrityTests: XCTestCase {
     static let cloudCmdline = "console=ttyS0 reboot=k panic=-1 cryptomgr.notests initcall_blacklist="
         + "ftrace_check_for_weak_functions,init_kprobe_trace,cubictcp_register,slab_sysfs_init,blake2s_mod_init"
 
+    /// The whole boot to init takes 500 to 900 s of emulated kernel mode
+    /// here (884 s on CI's machine), a third of CI's budget: by default the
+    /// test stops once the kernel is past its int3 self-test (the SMP
+    /// alternatives are freed right after it) with XSAVE on, about a minute
+    /// in; `SKIFF_LONG_TESTS=1` waits for `Run /init`.
     func testDebianCloudKernelBootsToInit() throws {
         let fetch = try Harness.run("/bin/bash", [Harness.root.appendingPathComponent("kernel/debian-cloud.sh").path], timeout: 900)
         guard fetch.status == 0 else { throw XCTSkip("Debian's cloud kernel unavailable: \(fetch.stderr.suffix(500))") }
@@ -195,15 +200,17 @@ final class GuestIntegrityTests: XCTestCase {
         let initramfs = try Harness.skiff(["initramfs", "path"], timeout: 600).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         let s = try Session(Harness.skiff, ["run", "--kernel", vmlinux, "--initrd", initramfs, "--cmdline", Self.cloudCmdline])
         defer { if s.isRunning { s.signal(SIGKILL); _ = s.wait(timeout: 10) } }
+        let long = ProcessInfo.processInfo.environment["SKIFF_LONG_TESTS"] == "1"
+        let goal = long ? "Run /init as init process" : "Freeing SMP alternatives memory"
         let t0 = Date()
-        let reached = s.waitFor("Run /init as init process", timeout: 1800) // 451 s of guest time (494 s wall) with the machine busy
+        let reached = s.waitFor(goal, timeout: long ? 1800 : 600)
         let seconds = Date().timeIntervalSince(t0)
-        XCTAssertTrue(reached, "Debian's cloud kernel did not reach init in \(Int(seconds)) s: \(s.stdout.suffix(1500)) \(s.stderr)")
+        XCTAssertTrue(reached, "Debian's cloud kernel did not reach '\(goal)' in \(Int(seconds)) s: \(s.stdout.suffix(1500)) \(s.stderr)")
         XCTAssertTrue(s.stdout.contains("x86/fpu: Enabled xstate features"), "XSAVE off in the cloud kernel")
-        XCTAssertTrue(s.stdout.contains("rtc_cmos rtc_cmos: setting system clock to"), "the RTC was not read")
+        if long { XCTAssertTrue(s.stdout.contains("rtc_cmos rtc_cmos: setting system clock to"), "the RTC was not read") }
         XCTAssertFalse(s.stderr.contains("emulation failure"), s.stderr)
-        print("guest-integrity: Debian cloud kernel: Run /init after \(Int(seconds)) s")
-        for line in Self.lines(s.stdout, containing: ["x86/fpu", "Linux version", "rtc_cmos", "Run /init", "W+X"]) { print("guest-integrity: cloud: \(line)") }
+        print("guest-integrity: Debian cloud kernel: '\(goal)' after \(Int(seconds)) s")
+        for line in Self.lines(s.stdout, containing: ["x86/fpu: Enabled", "Linux version", "alternatives", "rtc_cmos", "Run /init", "W+X"]) { print("guest-integrity: cloud: \(line)") }
         s.signal(SIGTERM)
         _ = s.wait(timeout: 10)
     }

@@ -18,6 +18,18 @@ public final class Net: VirtioDevice {
         public var hostAddress: String?
         public var bridge: String?
         public var nat = false
+        /// The bridge is a network many VMs share (Skiff's appliance
+        /// network, VMM/NetworkLease): its address and NAT are made once
+        /// and stay while any VM is on it, and this TAP is an isolated
+        /// port (it reaches the host and the outside, not the other VMs).
+        public var shared = false
+        /// The guest's address on the bridge: where published ports go.
+        public var guestAddress: String?
+        /// Host ports forwarded (nftables DNAT) to the guest's.
+        public var published: [PublishedPort] = []
+        /// The network lease (VMM/NetworkLease) that holds the address,
+        /// given back when the VM stops.
+        public var lease: UInt32?
         public init(tap: String, mac: [UInt8]) { self.tap = tap; self.mac = mac }
     }
     static let featureMAC: UInt64 = 1 << 5

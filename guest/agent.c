@@ -1,0 +1,407 @@
+/*
+ * skiff-agent: PID 1 of Skiff's default guest and of appliance VMs.
+ *
+ * The initramfs's /init mounts the roots and sets up the network, then
+ * execs this as PID 1: `skiff-agent [--quiet] ROOT COMMAND ARGS...`. It starts the
+ * application (COMMAND), reaps every orphan, prints `skiff: exit N` when
+ * the application ends (the host reads it from the console, GuestReport)
+ * and resets the VM. Meanwhile it answers the host on vsock port 52.
+ *
+ * Written in C, static, on purpose: it is the first guest process, each
+ * system call costs about 0.4 ms of emulated kernel mode on PVM hosts, and
+ * it must not depend on anything in an application's image. It makes a
+ * dozen calls before the application starts.
+ *
+ * The protocol (host side: Sources/SkiffControl/GuestAgent.swift). Frames are a
+ * type byte and a little-endian u32 length, then that many bytes (at most
+ * 64 KiB). The first frame of a connection says what it is for:
+ *   'x' exec: flags (u8: 1 = TTY), then NUL-terminated argv strings.
+ *       Then host 'i' stdin bytes ('i' empty: EOF), 'z' rows u16, cols u16
+ *       (TTY size); agent 'o' stdout, 'e' stderr, 'X' status (i32: the
+ *       exit code, or 128 + the signal), then the agent closes.
+ *   'h' health: agent 'H' "running PID" or "exited N".
+ *   'n' identity: "ip=A/P gw=G mac=M hostname=H seed=HEX" (words may be
+ *       left out); the agent re-addresses eth0, sets the hostname, mixes
+ *       the seed into the kernel's entropy pool; 'N' "ok" or 'E' why.
+ *   's' shutdown: SIGTERM to the application (SIGKILL after 10 s); the VM
+ *       then resets as when it ends by itself; 'S' "ok".
+ *   'f' freeze / 't' thaw the application root's filesystem (FIFREEZE):
+ *       'F' "ok" or 'E' why.
+ *   'w' write a file: path NUL mode (octal text) NUL, then 'd' data frames,
+ *       'd' empty at the end; 'W' "ok" or 'E'.
+ *   'r' read a file: path; 'd' data frames, 'd' empty at the end, or 'E'.
+ * Paths and commands are the application root's (a session chroots into
+ * it). Anything malformed closes the connection; the agent goes on.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <linux/random.h>
+#include <linux/vm_sockets.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#define PORT 52
+#define MAX_FRAME 65536
+
+static const char *root = "/";
+static pid_t app = -1;
+static int app_status = -1; /* the application's status once it ended */
+static int quiet;            /* --quiet: no `skiff: exit N` (the default guest's shell) */
+static sigset_t unblocked;   /* the signal mask children start with */
+
+static int write_all(int fd, const void *p, size_t n) {
+    const char *b = p;
+    while (n > 0) {
+        ssize_t w = write(fd, b, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        b += w; n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int read_all(int fd, void *p, size_t n) {
+    char *b = p;
+    while (n > 0) {
+        ssize_t r = read(fd, b, n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        b += r; n -= (size_t)r;
+    }
+    return 0;
+}
+
+static int send_frame(int fd, char type, const void *p, uint32_t n) {
+    unsigned char h[5] = {(unsigned char)type, n & 255, n >> 8 & 255, n >> 16 & 255, n >> 24 & 255};
+    if (write_all(fd, h, 5) < 0) return -1;
+    return n ? write_all(fd, p, n) : 0;
+}
+
+static int send_text(int fd, char type, const char *s) { return send_frame(fd, type, s, (uint32_t)strlen(s)); }
+
+/* One frame into buf (MAX_FRAME + 1 bytes, NUL-terminated); its type, or -1. */
+static int recv_frame(int fd, char *buf, uint32_t *len) {
+    unsigned char h[5];
+    if (read_all(fd, h, 5) < 0) return -1;
+    uint32_t n = h[1] | h[2] << 8 | h[3] << 16 | (uint32_t)h[4] << 24;
+    if (n > MAX_FRAME || (n && read_all(fd, buf, n) < 0)) return -1;
+    buf[n] = 0;
+    *len = n;
+    return h[0];
+}
+
+static int status_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st); }
+
+/* The argv strings in a payload (NUL-terminated each); NULL if none or malformed. */
+static char **split_argv(char *p, uint32_t n) {
+    if (n == 0 || p[n - 1] != 0) return NULL;
+    size_t count = 0;
+    for (uint32_t i = 0; i < n; i++) if (p[i] == 0) count++;
+    char **argv = calloc(count + 1, sizeof *argv);
+    if (!argv) return NULL;
+    size_t k = 0;
+    for (uint32_t i = 0; i < n; i += (uint32_t)strlen(p + i) + 1) argv[k++] = p + i;
+    return argv[0][0] ? argv : NULL;
+}
+
+static void enter_root(void) {
+    if (chroot(root) != 0 || chdir("/") != 0) { perror("skiff-agent: chroot"); _exit(125); }
+    setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
+    setenv("HOME", "/root", 1);
+}
+
+static void session_exec(int s, char *buf, uint32_t n) {
+    if (n < 2) return;
+    int tty = buf[0] & 1;
+    char **argv = split_argv(buf + 1, n - 1);
+    if (!argv) { send_text(s, 'E', "exec: no command"); return; }
+    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, master = -1;
+    if (tty) {
+        master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (master < 0 || grantpt(master) || unlockpt(master)) { send_text(s, 'E', "exec: no pty"); return; }
+    } else if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
+        send_text(s, 'E', "exec: no pipes"); return;
+    }
+    char *slave = tty ? ptsname(master) : NULL;
+    pid_t pid = fork();
+    if (pid < 0) { send_text(s, 'E', "exec: fork failed"); return; }
+    if (pid == 0) {
+        sigprocmask(SIG_SETMASK, &unblocked, NULL);
+        setsid();
+        if (tty) {
+            int t = open(slave, O_RDWR);
+            if (t < 0) _exit(125);
+            ioctl(t, TIOCSCTTY, 0);
+            dup2(t, 0); dup2(t, 1); dup2(t, 2);
+            setenv("TERM", "xterm", 0);
+        } else {
+            dup2(in[0], 0); dup2(out[1], 1); dup2(err[1], 2);
+        }
+        enter_root();
+        execvp(argv[0], argv);
+        fprintf(stderr, "skiff-agent: %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    int to_child = tty ? master : in[1], from_out = tty ? master : out[0], from_err = tty ? -1 : err[0];
+    if (!tty) { close(in[0]); close(out[1]); close(err[1]); }
+    fcntl(to_child, F_SETFL, O_NONBLOCK);
+    /* Flow control: the socket is read only when what it sent is in the child. */
+    char *pending = malloc(MAX_FRAME + 1), *data = malloc(MAX_FRAME);
+    uint32_t pend_len = 0, pend_off = 0;
+    int sock_open = 1, stdin_open = 1;
+    while (from_out >= 0 || from_err >= 0) {
+        struct pollfd p[4];
+        int np = 0, i_sock = -1, i_out = -1, i_err = -1, i_in = -1;
+        if (sock_open && pend_len == 0) { p[np] = (struct pollfd){s, POLLIN, 0}; i_sock = np++; }
+        if (from_out >= 0) { p[np] = (struct pollfd){from_out, POLLIN, 0}; i_out = np++; }
+        if (from_err >= 0) { p[np] = (struct pollfd){from_err, POLLIN, 0}; i_err = np++; }
+        if (pend_len) { p[np] = (struct pollfd){to_child, POLLOUT, 0}; i_in = np++; }
+        if (poll(p, (nfds_t)np, -1) < 0) { if (errno == EINTR) continue; break; }
+        if (i_sock >= 0 && p[i_sock].revents) {
+            uint32_t len;
+            int t = recv_frame(s, pending, &len);
+            if (t < 0) { sock_open = 0; kill(pid, SIGHUP); }
+            else if (t == 'i' && len == 0 && stdin_open) { if (!tty) { close(to_child); to_child = -1; } else { write_all(master, "\004", 1); } stdin_open = 0; }
+            else if (t == 'i' && stdin_open) { pend_len = len; pend_off = 0; }
+            else if (t == 'z' && tty && len == 4) {
+                struct winsize ws = {.ws_row = (unsigned char)pending[0] | (unsigned char)pending[1] << 8,
+                                     .ws_col = (unsigned char)pending[2] | (unsigned char)pending[3] << 8};
+                ioctl(master, TIOCSWINSZ, &ws);
+            }
+        }
+        if (i_in >= 0 && p[i_in].revents) {
+            ssize_t w = write(to_child, pending + pend_off, pend_len - pend_off);
+            if (w > 0) { pend_off += (uint32_t)w; if (pend_off == pend_len) pend_len = 0; }
+            else if (w < 0 && errno != EAGAIN && errno != EINTR) pend_len = 0;
+        }
+        int fds[2] = {i_out, i_err};
+        for (int k = 0; k < 2; k++) {
+            if (fds[k] < 0 || !p[fds[k]].revents) continue;
+            int fd = k ? from_err : from_out;
+            ssize_t r = read(fd, data, MAX_FRAME);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) { /* EOF (or EIO: the pty's last holder closed it) */
+                if (!(tty && k == 0)) close(fd);
+                if (k) from_err = -1; else from_out = -1;
+                continue;
+            }
+            if (sock_open && send_frame(s, k ? 'e' : 'o', data, (uint32_t)r) < 0) sock_open = 0;
+        }
+    }
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    int32_t code = status_code(st);
+    unsigned char c[4] = {code & 255, code >> 8 & 255, code >> 16 & 255, (uint32_t)code >> 24 & 255};
+    if (sock_open) send_frame(s, 'X', c, 4);
+}
+
+/* Runs a busybox applet from the initramfs (outside the application root). */
+static int run(char *const argv[]) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        sigprocmask(SIG_SETMASK, &unblocked, NULL);
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) { dup2(null, 1); dup2(null, 2); }
+        execv("/bin/busybox", argv);
+        _exit(127);
+    }
+    int st;
+    if (pid < 0 || waitpid(pid, &st, 0) < 0) return -1;
+    return status_code(st);
+}
+
+static const char *word(const char *text, const char *key, char *out, size_t size) {
+    size_t k = strlen(key);
+    for (const char *p = text; *p; ) {
+        while (*p == ' ' || *p == '\n') p++;
+        size_t n = strcspn(p, " \n");
+        if (n > k && strncmp(p, key, k) == 0 && p[k] == '=') {
+            if (n - k - 1 >= size) return NULL;
+            memcpy(out, p + k + 1, n - k - 1);
+            out[n - k - 1] = 0;
+            return out;
+        }
+        p += n;
+    }
+    return NULL;
+}
+
+/* Only these characters reach an applet's argv: no option or word can be smuggled. */
+static int plain(const char *s) {
+    if (!*s || *s == '-') return 0;
+    for (; *s; s++) if (!strchr("0123456789abcdefABCDEF.:/-", *s) && !(*s >= 'g' && *s <= 'z')) return 0;
+    return 1;
+}
+
+static void session_identity(int s, const char *text) {
+    char ip[64], gw[64], mac[32], host[65], seed[129];
+    if (word(text, "mac", mac, sizeof mac)) {
+        if (!plain(mac)) { send_text(s, 'E', "identity: bad mac"); return; }
+        char *down[] = {"ip", "link", "set", "eth0", "down", NULL}, *set[] = {"ip", "link", "set", "eth0", "address", mac, NULL};
+        if (run(down) || run(set)) { send_text(s, 'E', "identity: eth0 did not take the MAC"); return; }
+    }
+    if (word(text, "ip", ip, sizeof ip)) {
+        if (!plain(ip) || !word(text, "gw", gw, sizeof gw) || !plain(gw)) { send_text(s, 'E', "identity: bad ip or gw"); return; }
+        char *flush[] = {"ip", "addr", "flush", "dev", "eth0", NULL}, *up[] = {"ip", "link", "set", "eth0", "up", NULL};
+        char *add[] = {"ip", "addr", "add", ip, "dev", "eth0", NULL};
+        char *route[] = {"ip", "route", "replace", "default", "via", gw, NULL};
+        if (run(flush) || run(up) || run(add) || run(route)) { send_text(s, 'E', "identity: eth0 did not take the address"); return; }
+        /* Tell the bridge where the new address is at once (gratuitous ARP). */
+        char *arp[] = {"arping", "-U", "-c", "1", "-I", "eth0", strchr(ip, '/') ? (*strchr(ip, '/') = 0, ip) : ip, NULL};
+        run(arp);
+    }
+    if (word(text, "hostname", host, sizeof host)) {
+        if (!plain(host) || sethostname(host, strlen(host))) { send_text(s, 'E', "identity: bad hostname"); return; }
+    }
+    if (word(text, "seed", seed, sizeof seed)) {
+        struct { int count, size; unsigned char bytes[64]; } e = {0, 0, {0}};
+        size_t n = strlen(seed) / 2;
+        for (size_t i = 0; i < n && i < 64; i++) {
+            unsigned v;
+            if (sscanf(seed + 2 * i, "%2x", &v) != 1) { send_text(s, 'E', "identity: bad seed"); return; }
+            e.bytes[i] = (unsigned char)v;
+        }
+        e.size = (int)n; e.count = (int)n * 8;
+        int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+        /* RNDADDENTROPY credits it: a restored VM's pool is not its parent's. */
+        if (fd < 0 || ioctl(fd, RNDADDENTROPY, &e) != 0) { if (fd >= 0) close(fd); send_text(s, 'E', "identity: entropy not taken"); return; }
+        close(fd);
+    }
+    send_text(s, 'N', "ok");
+}
+
+static void session_freeze(int s, int freeze) {
+    int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || ioctl(fd, freeze ? FIFREEZE : FITHAW, 0) != 0) {
+        char m[128];
+        snprintf(m, sizeof m, "%s %s: %s", freeze ? "freeze" : "thaw", root, strerror(errno));
+        if (fd >= 0) close(fd);
+        send_text(s, 'E', m);
+        return;
+    }
+    close(fd);
+    send_text(s, 'F', "ok");
+}
+
+static void session_files(int s, int type, char *buf, uint32_t n) {
+    char *data = malloc(MAX_FRAME + 1);
+    if (!data) return;
+    if (chroot(root) != 0 || chdir("/") != 0) { send_text(s, 'E', "files: no root"); return; }
+    if (type == 'r') {
+        int fd = open(buf, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) { snprintf(data, 256, "%s: %s", buf, strerror(errno)); send_text(s, 'E', data); return; }
+        ssize_t r;
+        while ((r = read(fd, data, MAX_FRAME)) > 0) if (send_frame(s, 'd', data, (uint32_t)r) < 0) return;
+        if (r < 0) { send_text(s, 'E', "read failed"); return; }
+        send_frame(s, 'd', NULL, 0);
+        return;
+    }
+    size_t plen = strnlen(buf, n);
+    if (plen == 0 || plen + 1 >= n || buf[n - 1] != 0) { send_text(s, 'E', "write: needs path and mode"); return; }
+    unsigned long mode = strtoul(buf + plen + 1, NULL, 8) & 07777;
+    int fd = open(buf, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, (mode_t)mode);
+    if (fd < 0) { snprintf(data, 256, "%s: %s", buf, strerror(errno)); send_text(s, 'E', data); return; }
+    for (;;) {
+        uint32_t len;
+        int t = recv_frame(s, data, &len);
+        if (t != 'd') { close(fd); return; }
+        if (len == 0) break;
+        if (write_all(fd, data, len) < 0) { close(fd); send_text(s, 'E', "write failed"); return; }
+    }
+    fchmod(fd, (mode_t)mode);
+    close(fd);
+    send_text(s, 'W', "ok");
+}
+
+/* One connection, in its own process (so a stuck session holds nothing). */
+static void session(int s) {
+    char *buf = malloc(MAX_FRAME + 1);
+    uint32_t n;
+    int t = buf ? recv_frame(s, buf, &n) : -1;
+    char m[64];
+    switch (t) {
+    case 'x': session_exec(s, buf, n); break;
+    case 'h':
+        if (app_status >= 0) snprintf(m, sizeof m, "exited %d", app_status);
+        else snprintf(m, sizeof m, "running %d", (int)app);
+        send_text(s, 'H', m);
+        break;
+    case 'n': session_identity(s, buf); break;
+    case 's':
+        if (app > 0) kill(app, SIGTERM);
+        send_text(s, 'S', "ok");
+        sleep(10);
+        if (app > 0) kill(app, SIGKILL);
+        break;
+    case 'f': case 't': session_freeze(s, t == 'f'); break;
+    case 'w': case 'r': session_files(s, t, buf, n); break;
+    default: break;
+    }
+    close(s);
+    _exit(0);
+}
+
+static void finish(void) {
+    if (!quiet) printf("skiff: exit %d\n", app_status);
+    fflush(stdout);
+    sync();
+    reboot(RB_AUTOBOOT);
+    _exit(app_status);
+}
+
+static void on_child(int sig) { (void)sig; } /* only to end ppoll */
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--quiet") == 0) { quiet = 1; argv++; argc--; }
+    if (argc < 3) { fprintf(stderr, "usage: skiff-agent [--quiet] ROOT COMMAND [ARGS...]\n"); return 125; }
+    root = argv[1];
+    /* SIGCHLD stays blocked except inside ppoll, so none is missed between a reap and the wait. */
+    struct sigaction sa = {.sa_handler = on_child, .sa_flags = SA_NOCLDSTOP};
+    sigaction(SIGCHLD, &sa, NULL);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, &unblocked);
+    app = fork();
+    if (app == 0) {
+        sigprocmask(SIG_SETMASK, &unblocked, NULL);
+        execv(argv[2], argv + 2);
+        fprintf(stderr, "skiff-agent: %s: %s\n", argv[2], strerror(errno));
+        _exit(127);
+    }
+    int l = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_port = PORT, .svm_cid = VMADDR_CID_ANY};
+    if (l >= 0 && (bind(l, (struct sockaddr *)&a, sizeof a) || listen(l, 16))) {
+        close(l);
+        l = -1; /* no vsock device: the application runs without the host's requests */
+    }
+    for (;;) {
+        int st;
+        pid_t p;
+        /* Whatever ended: the application, a session, an orphan. */
+        while ((p = waitpid(-1, &st, WNOHANG)) > 0)
+            if (p == app) { app_status = status_code(st); finish(); }
+        if (l >= 0) {
+            int s;
+            while ((s = accept4(l, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+                if (fork() == 0) { close(l); session(s); }
+                close(s);
+            }
+        }
+        struct pollfd pf = {l, POLLIN, 0};
+        ppoll(&pf, l >= 0 ? 1 : 0, NULL, &unblocked);
+    }
+}
