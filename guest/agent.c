@@ -37,6 +37,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <net/if_arp.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <net/route.h>
 #include <linux/random.h>
 #include <linux/vm_sockets.h>
 #include <poll.h>
@@ -136,7 +140,11 @@ static void session_exec(int s, char *buf, uint32_t n) {
         send_text(s, 'E', "exec: no pipes"); return;
     }
     char *slave = tty ? ptsname(master) : NULL;
-    pid_t pid = fork();
+    /* vfork: no copy of this process's page tables (a fork here costs
+     * hundreds of milliseconds on PVM hosts). The child only makes system
+     * calls and changes the environment of this throwaway session process
+     * before it execs. */
+    pid_t pid = vfork();
     if (pid < 0) { send_text(s, 'E', "exec: fork failed"); return; }
     if (pid == 0) {
         sigprocmask(SIG_SETMASK, &unblocked, NULL);
@@ -208,21 +216,6 @@ static void session_exec(int s, char *buf, uint32_t n) {
     if (sock_open) send_frame(s, 'X', c, 4);
 }
 
-/* Runs a busybox applet from the initramfs (outside the application root). */
-static int run(char *const argv[]) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        sigprocmask(SIG_SETMASK, &unblocked, NULL);
-        int null = open("/dev/null", O_RDWR);
-        if (null >= 0) { dup2(null, 1); dup2(null, 2); }
-        execv("/bin/busybox", argv);
-        _exit(127);
-    }
-    int st;
-    if (pid < 0 || waitpid(pid, &st, 0) < 0) return -1;
-    return status_code(st);
-}
-
 static const char *word(const char *text, const char *key, char *out, size_t size) {
     size_t k = strlen(key);
     for (const char *p = text; *p; ) {
@@ -246,22 +239,95 @@ static int plain(const char *s) {
     return 1;
 }
 
+/* SIOCSIFHWADDR on an inet socket (busybox's ip needs AF_PACKET, which
+ * Skiff's kernel leaves out); virtio-net takes a new MAC while up. */
+static int set_mac(const char *ifname, const char *text) {
+    unsigned b[6];
+    char end;
+    if (sscanf(text, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &end) != 6 || (b[0] & 1)) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct ifreq r;
+    memset(&r, 0, sizeof r);
+    strncpy(r.ifr_name, ifname, IFNAMSIZ - 1);
+    r.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+    for (int i = 0; i < 6; i++) r.ifr_hwaddr.sa_data[i] = (char)b[i];
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int rc = ioctl(fd, SIOCSIFHWADDR, &r);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
+/* The address, its prefix and the default route, by ioctl: no process
+ * is started (each costs most of a second of emulated kernel mode on PVM
+ * hosts). SIOCSIFADDR replaces the interface's first address. */
+static int set_ipv4(const char *ifname, const char *cidr, const char *gateway) {
+    char a[32];
+    const char *slash = strchr(cidr, '/');
+    size_t n = slash ? (size_t)(slash - cidr) : strlen(cidr);
+    char *end;
+    long prefix = slash ? strtol(slash + 1, &end, 10) : 32;
+    struct in_addr addr, gw;
+    if (n >= sizeof a || (slash && (*end || end == slash + 1)) || prefix < 1 || prefix > 32) { errno = EINVAL; return -1; }
+    memcpy(a, cidr, n);
+    a[n] = 0;
+    if (inet_pton(AF_INET, a, &addr) != 1 || inet_pton(AF_INET, gateway, &gw) != 1) { errno = EINVAL; return -1; }
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct ifreq r;
+    memset(&r, 0, sizeof r);
+    strncpy(r.ifr_name, ifname, IFNAMSIZ - 1);
+    struct sockaddr_in *sin = (struct sockaddr_in *)&r.ifr_addr;
+    sin->sin_family = AF_INET;
+    sin->sin_addr = addr;
+    int rc = ioctl(fd, SIOCSIFADDR, &r);
+    if (rc == 0) {
+        sin->sin_addr.s_addr = htonl(prefix == 32 ? 0xffffffffu : ~(0xffffffffu >> prefix));
+        rc = ioctl(fd, SIOCSIFNETMASK, &r);
+    }
+    if (rc == 0 && (rc = ioctl(fd, SIOCGIFFLAGS, &r)) == 0) {
+        r.ifr_flags |= IFF_UP | IFF_RUNNING;
+        rc = ioctl(fd, SIOCSIFFLAGS, &r);
+    }
+    if (rc == 0) {
+        struct rtentry rt;
+        memset(&rt, 0, sizeof rt);
+        ((struct sockaddr_in *)&rt.rt_dst)->sin_family = AF_INET;
+        ((struct sockaddr_in *)&rt.rt_genmask)->sin_family = AF_INET;
+        ((struct sockaddr_in *)&rt.rt_gateway)->sin_family = AF_INET;
+        ((struct sockaddr_in *)&rt.rt_gateway)->sin_addr = gw;
+        rt.rt_flags = RTF_UP | RTF_GATEWAY;
+        rt.rt_dev = (char *)ifname;
+        rc = ioctl(fd, SIOCADDRT, &rt);
+        if (rc != 0 && errno == EEXIST) rc = 0;
+    }
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
 static void session_identity(int s, const char *text) {
     char ip[64], gw[64], mac[32], host[65], seed[129];
     if (word(text, "mac", mac, sizeof mac)) {
-        if (!plain(mac)) { send_text(s, 'E', "identity: bad mac"); return; }
-        char *down[] = {"ip", "link", "set", "eth0", "down", NULL}, *set[] = {"ip", "link", "set", "eth0", "address", mac, NULL};
-        if (run(down) || run(set)) { send_text(s, 'E', "identity: eth0 did not take the MAC"); return; }
+        if (set_mac("eth0", mac) != 0) {
+            char m[96];
+            snprintf(m, sizeof m, "identity: eth0 did not take MAC %.20s: %s", mac, strerror(errno));
+            send_text(s, 'E', m);
+            return;
+        }
     }
     if (word(text, "ip", ip, sizeof ip)) {
-        if (!plain(ip) || !word(text, "gw", gw, sizeof gw) || !plain(gw)) { send_text(s, 'E', "identity: bad ip or gw"); return; }
-        char *flush[] = {"ip", "addr", "flush", "dev", "eth0", NULL}, *up[] = {"ip", "link", "set", "eth0", "up", NULL};
-        char *add[] = {"ip", "addr", "add", ip, "dev", "eth0", NULL};
-        char *route[] = {"ip", "route", "replace", "default", "via", gw, NULL};
-        if (run(flush) || run(up) || run(add) || run(route)) { send_text(s, 'E', "identity: eth0 did not take the address"); return; }
-        /* Tell the bridge where the new address is at once (gratuitous ARP). */
-        char *arp[] = {"arping", "-U", "-c", "1", "-I", "eth0", strchr(ip, '/') ? (*strchr(ip, '/') = 0, ip) : ip, NULL};
-        run(arp);
+        if (!word(text, "gw", gw, sizeof gw) || set_ipv4("eth0", ip, gw) != 0) {
+            char m[128];
+            snprintf(m, sizeof m, "identity: eth0 did not take %.40s via %.20s: %s", ip, word(text, "gw", gw, sizeof gw) ? gw : "?", strerror(errno));
+            send_text(s, 'E', m);
+            return;
+        }
     }
     if (word(text, "hostname", host, sizeof host)) {
         if (!plain(host) || sethostname(host, strlen(host))) { send_text(s, 'E', "identity: bad hostname"); return; }
@@ -326,20 +392,11 @@ static void session_files(int s, int type, char *buf, uint32_t n) {
     send_text(s, 'W', "ok");
 }
 
-/* One connection, in its own process (so a stuck session holds nothing). */
-static void session(int s) {
-    char *buf = malloc(MAX_FRAME + 1);
-    uint32_t n;
-    int t = buf ? recv_frame(s, buf, &n) : -1;
-    char m[64];
+/* A connection whose first frame asks for exec, files, freeze or
+ * shutdown: in its own process (so a stuck session holds nothing). */
+static void session(int s, int t, char *buf, uint32_t n) {
     switch (t) {
     case 'x': session_exec(s, buf, n); break;
-    case 'h':
-        if (app_status >= 0) snprintf(m, sizeof m, "exited %d", app_status);
-        else snprintf(m, sizeof m, "running %d", (int)app);
-        send_text(s, 'H', m);
-        break;
-    case 'n': session_identity(s, buf); break;
     case 's':
         if (app > 0) kill(app, SIGTERM);
         send_text(s, 'S', "ok");
@@ -352,6 +409,29 @@ static void session(int s) {
     }
     close(s);
     _exit(0);
+}
+
+/* A new connection: its first frame read here, within a second; health
+ * and identity answered here at once (a fork costs most of a second of
+ * emulated kernel mode on PVM hosts), the rest in a session process. */
+static void connection(int s, char *buf) {
+    struct timeval tv = {1, 0};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    uint32_t n;
+    int t = recv_frame(s, buf, &n);
+    char m[64];
+    if (t == 'h') {
+        if (app_status >= 0) snprintf(m, sizeof m, "exited %d", app_status);
+        else snprintf(m, sizeof m, "running %d", (int)app);
+        send_text(s, 'H', m);
+    } else if (t == 'n') {
+        session_identity(s, buf);
+    } else if (t >= 0) {
+        tv.tv_sec = 0;
+        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        if (fork() == 0) session(s, t, buf, n);
+    }
+    close(s);
 }
 
 static void finish(void) {
@@ -388,6 +468,8 @@ int main(int argc, char **argv) {
         close(l);
         l = -1; /* no vsock device: the application runs without the host's requests */
     }
+    char *buf = malloc(MAX_FRAME + 1);
+    if (!buf) l = -1;
     for (;;) {
         int st;
         pid_t p;
@@ -396,10 +478,7 @@ int main(int argc, char **argv) {
             if (p == app) { app_status = status_code(st); finish(); }
         if (l >= 0) {
             int s;
-            while ((s = accept4(l, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
-                if (fork() == 0) { close(l); session(s); }
-                close(s);
-            }
+            while ((s = accept4(l, NULL, NULL, SOCK_CLOEXEC)) >= 0) connection(s, buf);
         }
         struct pollfd pf = {l, POLLIN, 0};
         ppoll(&pf, l >= 0 ? 1 : 0, NULL, &unblocked);

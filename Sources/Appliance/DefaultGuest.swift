@@ -43,8 +43,10 @@ public enum DefaultGuest {
         if access(path, R_OK) != 0 {
             FileIO.progress("compiling the guest agent \(path)")
             try Subprocess.run(["mkdir", "-p", cacheDirectory])
-            try Subprocess.run(["cc", "-static", "-Os", "-s", "-Wall", "-o", path + ".tmp", source])
-            try Subprocess.run(["mv", "-f", path + ".tmp", path])
+            // A temporary of this process's own: launchers may compile it at once.
+            let tmp = path + ".tmp\(getpid())"
+            try Subprocess.run(["cc", "-static", "-Os", "-s", "-Wall", "-o", tmp, source])
+            guard rename(tmp, path) == 0 else { throw Subprocess.Failure(description: "\(path): \(String(cString: strerror(errno)))") }
         }
         return try FileIO.read(path)
     }

@@ -51,8 +51,9 @@ public enum Initramfs {
         if [ "$name" = root ]; then
             exec /bin/skiff-agent /newroot /bin/busybox chroot /newroot /.skiff/sh -c "$run" "$skiff_workdir" "$@"
         else
-            # busybox's su as the user (environment kept: -p), its shell the bound busybox.
-            exec /bin/skiff-agent /newroot /bin/busybox chroot /newroot /.skiff/busybox su -p -s /.skiff/sh "$name" -c "$run" "$skiff_workdir" "$@"
+            # busybox's su as the user (environment kept: -p), its shell the
+            # bound busybox; after --, the command's own options are not su's.
+            exec /bin/skiff-agent /newroot /bin/busybox chroot /newroot /.skiff/busybox su -p -s /.skiff/sh -c "$run" -- "$name" "$skiff_workdir" "$@"
         fi
     }
     mount -t proc proc /proc

@@ -39,6 +39,8 @@ public struct NetworkLease: Sendable {
         try withLock { () throws(NetError) -> NetworkLease in
             for n in hosts {
                 let lease = NetworkLease(number: n)
+                // Its TAP is there (a launcher with another lease folder, in this namespace): not free.
+                if access("/sys/class/net/\(lease.tap)", F_OK) == 0 { continue }
                 let fd = open(lease.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
                 if fd < 0 {
                     guard errno == EEXIST else { throw NetError("network lease \(lease.path): \(String(cString: strerror(errno)))") }

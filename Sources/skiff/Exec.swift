@@ -19,6 +19,7 @@ enum VMName {
     static func vsockPath(_ name: String) -> String { directory + "/" + name + "/vsock" }
 
     nonisolated(unsafe) static var claimed: String?
+    nonisolated(unsafe) static var claimant: pid_t = 0
 
     /// Takes `name` for this process; its folder goes when the process exits.
     static func claim(_ name: String) throws(ConfigurationError) -> String {
@@ -35,8 +36,11 @@ enum VMName {
         }
         do { try FileIO.write(Array("\(getpid())\n".utf8), to: dir + "/pid") } catch { throw ConfigurationError("\(dir)/pid: \(error)") }
         claimed = dir
+        claimant = getpid()
         atexit {
-            guard let dir = VMName.claimed else { return }
+            // Only here: a jailed VMM forked from this process exits under
+            // its seccomp filter, which has no unlink or rmdir.
+            guard let dir = VMName.claimed, getpid() == VMName.claimant else { return }
             unlink(dir + "/vsock"); unlink(dir + "/pid"); rmdir(dir)
         }
         return dir

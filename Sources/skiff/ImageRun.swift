@@ -20,6 +20,16 @@ struct ApplianceRun {
     var user: String
     var cpus: Int
     var memoryMiB: Int
+    /// The manifest's digest (names the image's ready snapshot).
+    var digest: String
+    /// How the host tells the application is up (ReadySnapshot); a
+    /// command check runs in the guest and is not used for that yet.
+    var health: Health?
+
+    enum Health: Equatable {
+        case tcp(port: Int)
+        case http(port: Int, path: String, status: Int)
+    }
 
     /// $SKIFF_IMAGES, else /var/lib/skiff/images (the skiffd CLI's default too).
     static var storeRoot: String { getenv("SKIFF_IMAGES").map { String(cString: $0) } ?? "/var/lib/skiff/images" }
@@ -64,7 +74,24 @@ struct ApplianceRun {
         let cpus = try manifest.integer("cpus") ?? 1
         let memory = try manifest.integer("memoryMiB") ?? 128
         guard (1...64).contains(cpus), (16...65536).contains(memory) else { throw ConfigurationError("manifest \(digest): cpus or memoryMiB out of range") }
-        return ApplianceRun(rootfs: rootfs, command: command, environment: environment, workdir: workdir, user: user, cpus: cpus, memoryMiB: memory)
+        var health: Health?
+        if let h = try manifest.object("health") {
+            func port(_ d: Document) throws(ConfigurationError) -> Int {
+                guard let p = try d.integer("port"), (1...65535).contains(p) else { throw ConfigurationError("manifest \(digest): health port out of range") }
+                return p
+            }
+            if let t = try h.object("tcp") {
+                health = .tcp(port: try port(t))
+            } else if let t = try h.object("http") {
+                let path = try t.string("path") ?? "/"
+                guard path.hasPrefix("/"), path.utf8.count <= 1024, path.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else {
+                    throw ConfigurationError("manifest \(digest): health path is not an absolute URL path")
+                }
+                health = .http(port: try port(t), path: path, status: try t.integer("status") ?? 200)
+            }
+        }
+        return ApplianceRun(rootfs: rootfs, command: command, environment: environment, workdir: workdir, user: user, cpus: cpus, memoryMiB: memory,
+                            digest: digest, health: health)
     }
 
     /// eth0's set-up, done by /init before the command starts.

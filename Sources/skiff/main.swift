@@ -20,7 +20,7 @@ usage: skiff run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline TEXT
                  [--control-socket PATH] [--track-dirty-pages]
                  [--exit-file PATH] [--cgroup NAME]   (for skiffd)
        skiff run [OPTIONS] [--rm] [-p HOST:GUEST[/udp]]... [-e NAME=VALUE]...
-                 [--network skiff|none] [--name NAME] IMAGE [-- COMMAND ARGS...]
+                 [--network skiff|none] [--name NAME] [--cold] IMAGE [-- COMMAND ARGS...]
                                    an appliance image (skiff appliance build,
                                    skiff image ls; store: $SKIFF_IMAGES, else
                                    /var/lib/skiff/images) on the default guest;
@@ -28,7 +28,10 @@ usage: skiff run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline TEXT
                                    on Skiff's network (bridge skiff0,
                                    172.29.0.0/16, NAT; an address of its own,
                                    isolated from other VMs) and -p publishes
-                                   a port on the host's addresses
+                                   a port on the host's addresses. An image
+                                   with a health check is snapshotted once
+                                   healthy; later runs restore that (--cold:
+                                   boot anyway)
        skiff exec [-i] [-t] VM -- COMMAND [ARGS...]
                                    a command in a running image's VM (its name:
                                    --name, else IMAGE-PID) through its guest agent
@@ -116,6 +119,8 @@ struct RunOptions {
     var network = "skiff"
     /// `--name N`: an image's VM's name (`skiff exec N`); else IMAGE-PID.
     var name: String?
+    /// `--cold`: boot an image even if it has a ready snapshot (ReadySnapshot).
+    var cold = false
 
     init(_ args: ArraySlice<String>) throws(ConfigurationError) {
         var rest = args
@@ -139,6 +144,7 @@ struct RunOptions {
             // Docker's habit; a `skiff run` VM keeps nothing after it ends anyway.
             if arg == "--rm" { continue }
             if arg == "--rng" { rng = true; continue }
+            if arg == "--cold" { cold = true; continue }
             if arg == "--track-dirty-pages" { trackDirtyPages = true; continue }
             if arg == "--paused" { paused = true; continue }
             if arg == "--no-jail" { jail = false; continue }
@@ -297,7 +303,7 @@ extension NetError: UserInputError {}
 extension SnapshotError: UserInputError {}
 
 func run(_ args: ArraySlice<String>) -> Never {
-    let options: RunOptions
+    var options: RunOptions
     do { options = try RunOptions(args) } catch { fail(error.description, status: 2) }
     guard !options.paused, options.cloneIndex == nil else { fail("--paused and --clone-index are for skiff restore", status: 2) }
 
@@ -307,6 +313,10 @@ func run(_ args: ArraySlice<String>) -> Never {
         if let image = options.image { appliance = try ApplianceRun.load(image) }
         if let kernel = options.kernel {
             config = VMConfiguration(kernelPath: kernel, initrdPath: options.initrd)
+        } else if let appliance, ReadySnapshot.usable(appliance, options) != nil {
+            // Restored, not booted: the default guest is not looked for (its
+            // kernel's build check alone takes 0.4 s).
+            config = VMConfiguration(kernelPath: "", initrdPath: nil)
         } else {
             config = VMConfiguration(kernelPath: try DefaultGuest.kernelPath(),
                                      initrdPath: try options.initrd ?? DefaultGuest.initramfsPath())
@@ -340,11 +350,13 @@ func run(_ args: ArraySlice<String>) -> Never {
         if options.cmdline == nil { config.commandLine += " quiet" }
         appliance.environment += options.environment
         var network: ApplianceRun.GuestNetwork?
+        var lease: NetworkLease?
         if options.network == "skiff" && geteuid() == 0 {
             do {
-                let lease = try NetworkLease.acquire()
-                config.nets = [lease.options(publishing: options.published)] + options.nets
-                network = .init(address: lease.cidr, gateway: NetworkLease.gateway, nameservers: NetworkLease.nameservers())
+                let l = try NetworkLease.acquire()
+                config.nets = [l.options(publishing: options.published)] + options.nets
+                network = .init(address: l.cidr, gateway: NetworkLease.gateway, nameservers: NetworkLease.nameservers())
+                lease = l
             } catch { fail(error.description, status: 1) }
         } else if !options.published.isEmpty {
             fail(options.network == "none" ? "-p needs a network (not --network none)" : "-p needs root: a TAP on the skiff0 bridge and nftables rules", status: 2)
@@ -352,10 +364,30 @@ func run(_ args: ArraySlice<String>) -> Never {
         do { config.commandLine += " " + (try appliance.kernelParameters(arguments: options.imageArguments, network: network)) } catch { fail(error.description, status: 2) }
         // Its name, and the vsock its guest agent answers on (skiff exec NAME).
         let base = String(options.image!.prefix { $0 != ":" && $0 != "@" }.split(separator: "/").last ?? "vm")
-        do {
-            let dir = try VMName.claim(options.name ?? "\(VMName.isValid(base) ? base : "vm")-\(getpid())")
-            if options.vsock == nil { vsock = Vsock.Options(cid: 3, socketPath: dir + "/vsock") }
-        } catch { fail(error.description, status: 2) }
+        let name = options.name ?? "\(VMName.isValid(base) ? base : "vm")-\(getpid())"
+        let dir: String
+        do { dir = try VMName.claim(name) } catch { fail(error.description, status: 2) }
+        if options.vsock == nil { vsock = Vsock.Options(cid: 3, socketPath: dir + "/vsock") }
+        // Its ready snapshot: restored if there is one, else taken once healthy.
+        if let health = appliance.health, let lease, let v = vsock, options.imageArguments.isEmpty, !options.cold, options.disks.isEmpty, options.kernel == nil {
+            let ready = ReadySnapshot.directory(store: ApplianceRun.storeRoot, manifest: appliance.digest)
+            if ReadySnapshot.usable(appliance, options) != nil {
+                let image: SnapshotImage
+                do { image = try SnapshotImage.load(ready, hostKey: SnapshotSeal.hostKey(create: false)) } catch { fail("ready snapshot: \(error)", status: 1) }
+                var restored = image.configuration
+                guard restored.disks.count == 1, restored.nets.count == 1, restored.vsock != nil else {
+                    fail("ready snapshot \(ready): not an appliance's (remove it: a new one is taken at the next run)", status: 1)
+                }
+                restored.disks = config.disks
+                restored.nets = config.nets
+                restored.vsock = v
+                ReadySnapshot.adopt(identity: ReadySnapshot.identity(lease, hostname: name), vsock: v.socketPath, health: health,
+                                    address: lease.address, name: name)
+                launch(restored, snapshot: image, options: options)
+            }
+            options.controlSocket = options.controlSocket ?? dir + "/control"
+            ReadySnapshot.takeWhenHealthy(health, address: lease.address, control: options.controlSocket!, into: ready)
+        }
     }
     config.vsock = vsock
     config.balloon = options.balloon

@@ -74,8 +74,10 @@ final class ApplianceImageTests: XCTestCase {
     }
 
     func netns(_ ns: String, _ args: [String], timeout: Double = 30) throws -> Harness.Result {
-        try Harness.run("/usr/sbin/ip", ["netns", "exec", ns] + args, timeout: timeout)
+        try Harness.run("/usr/sbin/ip", ["netns", "exec", ns] + args, timeout: timeout, environment: environment.merging(["SKIFF_NET_DIR": leases]) { $1 })
     }
+
+    var leases: String { "/tmp/skiff-net-test-\(getpid())" }
 
     /// nginx and redis at once on Skiff's network in a namespace made for
     /// the test: each gets its own address, and answers on the host's
@@ -88,7 +90,6 @@ final class ApplianceImageTests: XCTestCase {
         XCTAssertEqual(try Harness.run("/usr/sbin/ip", ["netns", "add", ns]).status, 0)
         defer { _ = try? Harness.run("/usr/sbin/ip", ["netns", "del", ns]) }
         _ = try netns(ns, ["ip", "link", "set", "lo", "up"])
-        let leases = "/tmp/skiff-net-test-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: leases) }
         var env = environment
         env["SKIFF_NET_DIR"] = leases
@@ -132,10 +133,64 @@ final class ApplianceImageTests: XCTestCase {
         XCTAssertEqual(ports.components(separatedBy: "isolated on").count - 1, 2, ports)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: leases).filter { $0 != "lock" }.count, 2)
 
+        // Each took its ready snapshot once healthy (ReadySnapshot).
+        let readyRoot = store + "/ready"
+        let snapshotted = Date()
+        while Date().timeIntervalSince(snapshotted) < 120,
+              ((try? FileManager.default.contentsOfDirectory(atPath: readyRoot)) ?? []).filter({ !$0.contains(".tmp") }).count < 2 {
+            Thread.sleep(forTimeInterval: 0.5)
+        }
+        XCTAssertEqual(((try? FileManager.default.contentsOfDirectory(atPath: readyRoot)) ?? []).filter { !$0.contains(".tmp") }.count, 2,
+                       nginx.stderr + redis.stderr)
+
         for vm in [nginx, redis] { vm.signal(SIGTERM); _ = vm.wait(timeout: 30) }
         XCTAssertFalse(try netns(ns, ["ip", "-br", "link"]).stdout.contains("skiff0"))
         XCTAssertEqual(try netns(ns, ["nft", "list", "ruleset"]).stdout, "")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: leases).filter { $0 != "lock" }, [])
+
+        // Two nginx from the ready snapshot at once: each restored with its
+        // own address, MAC and hostname (given by the agent), each
+        // answering on its own published port; exec runs in each.
+        let names = ["web-a-\(getpid())", "web-b-\(getpid())"]
+        let restored = try names.enumerated().map { i, name in
+            try Session("/usr/sbin/ip", ["netns", "exec", ns, Harness.skiff, "run", "--name", name, "-p", "\(8081 + i):80", "nginx"], environment: env)
+        }
+        defer { for vm in restored where vm.isRunning { vm.signal(SIGKILL); _ = vm.wait(timeout: 10) } }
+        let r0 = Date()
+        var answered = [false, false]
+        while Date().timeIntervalSince(r0) < 60 && answered.contains(false) {
+            for i in 0..<2 where !answered[i] {
+                answered[i] = (try netns(ns, ["curl", "-s", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(8081 + i)/"])).stdout == "200"
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        print("appliance ready snapshot: two restored nginx answered after \(Int(Date().timeIntervalSince(r0) * 1000)) ms")
+        XCTAssertEqual(answered, [true, true], restored.map { $0.stderr }.joined(separator: "\n"))
+        for (i, name) in names.enumerated() {
+            let said = Date() // the launcher says so once its own health check passed too
+            while Date().timeIntervalSince(said) < 10 && !restored[i].stderr.contains("restored from its ready snapshot") { Thread.sleep(forTimeInterval: 0.1) }
+            XCTAssertTrue(restored[i].stderr.contains("restored from its ready snapshot"), restored[i].stderr)
+            var r = try netns(ns, [Harness.skiff, "exec", name, "--", "/.skiff/busybox", "hostname"], timeout: 30)
+            XCTAssertEqual(r.stdout, name + "\n", r.stderr)
+            r = try netns(ns, [Harness.skiff, "exec", name, "--", "/.skiff/sh", "-c", "/.skiff/busybox ip -o -4 addr show dev eth0; echo out; echo err >&2; exit 7"], timeout: 30)
+            XCTAssertEqual(r.status, 7, r.stderr)
+            XCTAssertTrue(r.stdout.contains("out") && r.stderr.contains("err"), r.stdout + r.stderr)
+            XCTAssertEqual(r.stdout.components(separatedBy: "inet ").count - 1, 1, "one address on eth0: " + r.stdout)
+        }
+        let a = try netns(ns, [Harness.skiff, "exec", names[0], "--", "/.skiff/busybox", "ip", "-o", "-4", "addr", "show", "dev", "eth0"]).stdout
+        let b = try netns(ns, [Harness.skiff, "exec", names[1], "--", "/.skiff/busybox", "ip", "-o", "-4", "addr", "show", "dev", "eth0"]).stdout
+        XCTAssertNotEqual(a, b, "both restored VMs have one address")
+        // exec's round trip: `true`, 20 times (bench/appliance measures 100).
+        var times: [Double] = []
+        for _ in 0..<20 {
+            let t = Date()
+            XCTAssertEqual(try netns(ns, [Harness.skiff, "exec", names[0], "--", "/.skiff/busybox", "true"]).status, 0)
+            times.append(Date().timeIntervalSince(t) * 1000)
+        }
+        print("appliance exec true: median \(Int(times.sorted()[10])) ms of 20 (with ip netns exec)")
+        XCTAssertEqual(try netns(ns, [Harness.skiff, "exec", "nosuch-vm", "--", "true"]).status, 1)
+        XCTAssertEqual(try netns(ns, [Harness.skiff, "exec", names[0], "--", "no-such-program"]).status, 127)
+        for vm in restored { vm.signal(SIGTERM); _ = vm.wait(timeout: 30) }
     }
 
     func testBadSpecsChangeNothing() throws {
