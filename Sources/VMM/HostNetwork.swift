@@ -103,7 +103,10 @@ public final class HostNetwork: @unchecked Sendable {
         try NetworkLease.withLock { () throws(NetError) in
             do {
                 if !Self.linkExists(bridge) {
-                    try ip(["link", "add", "name", bridge, "type", "bridge"])
+                    // A fixed MAC (the gateway's lease number, 1): a VM restored
+                    // from a ready snapshot still has the gateway's MAC in its
+                    // ARP cache, and a bridge made anew must answer to it.
+                    try ip(["link", "add", "name", bridge, "address", NetworkLease(number: 1).macText, "type", "bridge"])
                     try ip(["link", "set", "dev", bridge, "alias", Self.bridgeMark])
                 }
                 if Self.isSkiffBridge(bridge) { undo.append(.deleteBridgeIfUnused(bridge)) }
@@ -113,11 +116,11 @@ public final class HostNetwork: @unchecked Sendable {
                 _ = Self.writeSysctl("/proc/sys/net/ipv4/conf/\(bridge)/route_localnet", "1")
                 let table = Self.sharedTable(bridge)
                 if (try? Subprocess.run([Self.tool("nft"), "list", "table", "ip", table], capture: true, quiet: true)) == nil {
-                    try nft(["add", "table", "ip", table])
-                    try nft(["add", "chain", "ip", table, "postrouting", "{ type nat hook postrouting priority 100 ; }"])
-                    try nft(["add", "rule", "ip", table, "postrouting", "ip", "saddr", subnet, "oifname", "!=", "\"\(bridge)\"", "masquerade"])
-                    // A published port reached at 127.0.0.1: the guest answers the bridge's address.
-                    try nft(["add", "rule", "ip", table, "postrouting", "ip", "saddr", "127.0.0.0/8", "oifname", "\"\(bridge)\"", "masquerade"])
+                    try nft(batch: [["add", "table", "ip", table],
+                                    ["add", "chain", "ip", table, "postrouting", "{ type nat hook postrouting priority 100 ; }"],
+                                    ["add", "rule", "ip", table, "postrouting", "ip", "saddr", subnet, "oifname", "!=", "\"\(bridge)\"", "masquerade"],
+                                    // A published port reached at 127.0.0.1: the guest answers the bridge's address.
+                                    ["add", "rule", "ip", table, "postrouting", "ip", "saddr", "127.0.0.0/8", "oifname", "\"\(bridge)\"", "masquerade"]])
                 }
                 try ip(["link", "set", "dev", tap, "master", bridge], undo: ["link", "set", "dev", tap, "nomaster"])
                 try Subprocess.run([Self.tool("bridge"), "link", "set", "dev", tap, "isolated", "on"], capture: true)
@@ -141,15 +144,16 @@ public final class HostNetwork: @unchecked Sendable {
             throw NetError("-p \(p.host):\(p.guest): host port \(p.host)/\(p.proto.rawValue) is published by another VM")
         }
         let table = "skiff-\(getpid())-\(tap)-ports"
-        try nft(["add", "table", "ip", table], undo: ["delete", "table", "ip", table])
-        try nft(["add", "chain", "ip", table, "outside", "{ type nat hook prerouting priority -100 ; }"])
-        try nft(["add", "chain", "ip", table, "host", "{ type nat hook output priority -100 ; }"])
+        var commands = [["add", "table", "ip", table],
+                        ["add", "chain", "ip", table, "outside", "{ type nat hook prerouting priority -100 ; }"],
+                        ["add", "chain", "ip", table, "host", "{ type nat hook output priority -100 ; }"]]
         for p in o.published {
             for chain in ["outside", "host"] {
-                try nft(["add", "rule", "ip", table, chain, "fib", "daddr", "type", "local", p.proto.rawValue, "dport", "\(p.host)",
-                         "dnat", "to", "\(guest):\(p.guest)"])
+                commands.append(["add", "rule", "ip", table, chain, "fib", "daddr", "type", "local", p.proto.rawValue, "dport", "\(p.host)",
+                                 "dnat", "to", "\(guest):\(p.guest)"])
             }
         }
+        try nft(batch: commands, undo: ["delete", "table", "ip", table])
     }
 
     /// On a bridge the guest could send with any source MAC and take over
@@ -157,9 +161,10 @@ public final class HostNetwork: @unchecked Sendable {
     private func guardSourceMAC(_ mac: [UInt8], tap: String) throws {
         let hex = mac.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")
         let table = "skiff-\(getpid())-\(tap)-mac"
-        try nft(["add", "table", "bridge", table], undo: ["delete", "table", "bridge", table])
-        try nft(["add", "chain", "bridge", table, "guest", "{ type filter hook prerouting priority -200 ; }"])
-        try nft(["add", "rule", "bridge", table, "guest", "iifname", "\"\(tap)\"", "ether", "saddr", "!=", hex, "drop"])
+        try nft(batch: [["add", "table", "bridge", table],
+                        ["add", "chain", "bridge", table, "guest", "{ type filter hook prerouting priority -200 ; }"],
+                        ["add", "rule", "bridge", table, "guest", "iifname", "\"\(tap)\"", "ether", "saddr", "!=", hex, "drop"]],
+                undo: ["delete", "table", "bridge", table])
     }
 
     private func enableForwarding() throws {
@@ -195,6 +200,12 @@ public final class HostNetwork: @unchecked Sendable {
     private func ip(_ args: [String], undo reverse: [String]? = nil) throws {
         try Subprocess.run([Self.tool("ip")] + args, capture: true)
         if let reverse { undo.append(.run([Self.tool("ip")] + reverse)) }
+    }
+
+    /// Several nft commands in one run (one transaction; each run costs
+    /// tens of milliseconds): nft takes `;` between commands.
+    private func nft(batch commands: [[String]], undo reverse: [String]? = nil) throws {
+        try nft(Array(commands.map { $0 }.joined(separator: [";"])), undo: reverse)
     }
 
     private func nft(_ args: [String], undo reverse: [String]? = nil) throws {

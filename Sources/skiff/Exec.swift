@@ -98,8 +98,8 @@ enum Exec {
                     fail("skiff exec: the guest agent closed the session before the command's status", status: 1)
                 }
                 switch type {
-                case UInt8(ascii: "o"): writeAll(1, payload)
-                case UInt8(ascii: "e"): writeAll(2, payload)
+                case UInt8(ascii: "o"): Descriptor.writeAll(1, payload)
+                case UInt8(ascii: "e"): Descriptor.writeAll(2, payload)
                 case UInt8(ascii: "X"):
                     guard let status = GuestAgent.status(payload), (0...255).contains(status) else {
                         terminal.restore()
@@ -118,16 +118,6 @@ enum Exec {
             fail("skiff exec: poll failed", status: 1)
         } catch {
             fail("skiff exec: \(error.description)", status: 1)
-        }
-    }
-
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return }
-            done += n
         }
     }
 }

@@ -45,8 +45,9 @@ enum ReadySnapshot {
             let ready = monotonicMs() - start
             let parent = String(target[..<(target.lastIndex(of: "/") ?? target.endIndex)])
             let tmp = target + ".tmp\(getpid())"
-            guard (try? Subprocess.run(["mkdir", "-p", "-m", "0700", parent], quiet: true)) != nil, let exe = Executable.path,
-                  (try? Subprocess.run([exe, "snapshot", control, tmp], capture: true)) != nil else {
+            // /proc/self/exe: this very binary, even if an upgrade replaced the file meanwhile.
+            guard (try? Subprocess.run(["mkdir", "-p", "-m", "0700", parent], quiet: true)) != nil,
+                  (try? Subprocess.run(["/proc/self/exe", "snapshot", control, tmp], capture: true)) != nil else {
                 FileIO.progress("the ready snapshot was not taken")
                 _ = try? Subprocess.run(["rm", "-rf", tmp], quiet: true)
                 return
@@ -90,8 +91,7 @@ enum ReadySnapshot {
         var seed = [UInt8](repeating: 0, count: 32)
         _ = seed.withUnsafeMutableBytes { getrandom($0.baseAddress, $0.count, 0) }
         let hex = seed.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
-        let mac = lease.mac.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")
-        return "ip=\(lease.cidr) gw=\(NetworkLease.gateway) mac=\(mac) hostname=\(hostname.lowercased()) seed=\(hex)"
+        return "ip=\(lease.cidr) gw=\(NetworkLease.gateway) mac=\(lease.macText) hostname=\(hostname.lowercased()) seed=\(hex)"
     }
 
     /// Polls the health check every 20 ms until it passes or time runs out.

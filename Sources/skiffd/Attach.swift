@@ -52,7 +52,7 @@ struct AttachCommand: AsyncParsableCommand {
                             var data = frame.unmaskedData
                             let bytes = data.readBytes(length: data.readableBytes) ?? []
                             let out = escapes ? bytes.flatMap { escaper.render($0) } : bytes
-                            Self.writeAll(STDOUT_FILENO, out)
+                            Descriptor.writeAll(STDOUT_FILENO, out)
                         case .ping:
                             try await outbound.write(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData))
                         case .connectionClose:
@@ -103,16 +103,6 @@ struct AttachCommand: AsyncParsableCommand {
                 }
                 continuation.finish()
             }
-        }
-    }
-
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return }
-            done += n
         }
     }
 

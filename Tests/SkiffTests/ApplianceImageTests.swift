@@ -46,7 +46,8 @@ final class ApplianceImageTests: XCTestCase {
         r = try Harness.skiff(["run", "--rm", "python", "--", "python3", "-c", "import json, sys; print(6*7); print(json.dumps({'a': 1})); sys.exit(3)"],
                               timeout: 300, environment: environment)
         XCTAssertEqual(r.status, 3, "a failing program's status is skiff's: " + r.stdout + r.stderr)
-        XCTAssertTrue(r.stdout.split(separator: "\n").contains { $0.trimmingCharacters(in: .whitespacesAndNewlines) == "42" }, r.stdout)
+        // The console ends lines with \r\n, one Character in Swift: split on any newline.
+        XCTAssertTrue(r.stdout.split(whereSeparator: \.isNewline).contains { $0.trimmingCharacters(in: .whitespaces) == "42" }, r.stdout)
         XCTAssertTrue(r.stdout.contains("{\"a\": 1}"), r.stdout)
 
         // The same spec and package versions: the same digest.
