@@ -32,7 +32,7 @@ struct ApplianceCommand: ParsableCommand {
 /// `skiff image ls|inspect|rm|gc`: the content-addressed image store.
 struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "image", abstract: "The image store.",
-                                                    subcommands: [List.self, InspectImage.self, RemoveImage.self, GC.self])
+                                                    subcommands: [List.self, InspectImage.self, RemoveImage.self, GC.self, Import.self])
 
     struct StoreOption: ParsableArguments {
         @Option(help: "The image store (default $SKIFF_IMAGES or /var/lib/skiff/images).") var store: String?
@@ -87,6 +87,26 @@ struct ImageCommand: ParsableCommand {
         func run() throws {
             let (n, bytes) = try store.open().collectGarbage()
             print("removed \(n) blobs, \(bytes >> 10) KiB")
+        }
+    }
+
+    struct Import: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "import",
+                                                        abstract: "Import an OCI image layout (folder or tar) or a `docker save` tarball.")
+        @OptionGroup var store: StoreOption
+        @Argument(help: "The layout folder or the tarball.") var source: String
+        @Option(help: "Tag it NAME[:TAG] (default: the archive's own tag, else imported:DIGEST).") var tag: String?
+        func run() throws {
+            var ref: ImageReference?
+            if let tag {
+                guard let r = OCIImporter.reference(tag), !tag.contains("/") else { throw CLIError("--tag \(tag.prefix(80)): not NAME[:TAG]") }
+                ref = r
+            }
+            let importer = OCIImporter(store: try store.open()) { FileHandle.standardError.write(Data("[skiff image import] \($0)\n".utf8)) }
+            do {
+                let (digest, _) = try importer.importImage(source, tag: ref)
+                print(digest)
+            } catch { throw CLIError("\(source): \(error)") }
         }
     }
 }

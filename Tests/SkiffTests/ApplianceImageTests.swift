@@ -43,7 +43,7 @@ final class ApplianceImageTests: XCTestCase {
 
         // One boot (about a minute on this host): the output, the standard
         // library the spec keeps, and the program's status as skiff's.
-        r = try Harness.skiff(["run", "--rm", "python", "--", "python3", "-c", "import json, sys; print(6*7); print(json.dumps({'a': 1})); sys.exit(3)"],
+        r = try Harness.skiff(["run", "--rm", "--network", "none", "python", "--", "python3", "-c", "import json, sys; print(6*7); print(json.dumps({'a': 1})); sys.exit(3)"],
                               timeout: 300, environment: environment)
         XCTAssertEqual(r.status, 3, "a failing program's status is skiff's: " + r.stdout + r.stderr)
         // The console ends lines with \r\n, one Character in Swift: split on any newline.
@@ -189,6 +189,22 @@ final class ApplianceImageTests: XCTestCase {
             times.append(Date().timeIntervalSince(t) * 1000)
         }
         print("appliance exec true: median \(Int(times.sorted()[10])) ms of 20 (with ip netns exec)")
+        // An interactive session with a terminal, driven through tmux:
+        // type a command, read its output, exit with a status.
+        let tmux = "skiff-exec-\(getpid())"
+        _ = try Harness.run("/usr/bin/tmux", ["new-session", "-d", "-s", tmux, "-x", "120", "-y", "30",
+                                              "ip netns exec \(ns) \(Harness.skiff) exec -it \(names[1]) -- /.skiff/sh; echo exec-ended-$?; sleep 30"])
+        defer { _ = try? Harness.run("/usr/bin/tmux", ["kill-session", "-t", tmux]) }
+        func pane() throws -> String { try Harness.run("/usr/bin/tmux", ["capture-pane", "-p", "-t", tmux]).stdout }
+        func waitPane(_ text: String) throws -> Bool {
+            let t = Date()
+            while Date().timeIntervalSince(t) < 30 { if try pane().contains(text) { return true }; Thread.sleep(forTimeInterval: 0.2) }
+            return false
+        }
+        _ = try Harness.run("/usr/bin/tmux", ["send-keys", "-t", tmux, "echo tty-$((6*7)) $(/.skiff/busybox tty)", "Enter"])
+        XCTAssertTrue(try waitPane("tty-42 /dev/pts/"), (try? pane()) ?? "")
+        _ = try Harness.run("/usr/bin/tmux", ["send-keys", "-t", tmux, "exit 5", "Enter"])
+        XCTAssertTrue(try waitPane("exec-ended-5"), (try? pane()) ?? "")
         XCTAssertEqual(try netns(ns, [Harness.skiff, "exec", "nosuch-vm", "--", "true"]).status, 1)
         XCTAssertEqual(try netns(ns, [Harness.skiff, "exec", names[0], "--", "no-such-program"]).status, 127)
         for vm in restored { vm.signal(SIGTERM); _ = vm.wait(timeout: 30) }
