@@ -50,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -444,10 +445,25 @@ static void finish(void) {
 
 static void on_child(int sig) { (void)sig; } /* only to end ppoll */
 
+/* Terminals for `exec -t`: devpts at /dev/pts, bound into the
+ * application's root too (its programs look their terminal up there).
+ * By mount(2): no process for it. Errors leave exec without a TTY. */
+static void mount_ptys(void) {
+    mkdir("/dev/pts", 0755);
+    mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "mode=620,ptmxmode=666");
+    if (strcmp(root, "/") != 0) {
+        char p[4096];
+        snprintf(p, sizeof p, "%s/dev/pts", root);
+        mkdir(p, 0755);
+        mount("/dev/pts", p, NULL, MS_BIND, NULL);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--quiet") == 0) { quiet = 1; argv++; argc--; }
     if (argc < 3) { fprintf(stderr, "usage: skiff-agent [--quiet] ROOT COMMAND [ARGS...]\n"); return 125; }
     root = argv[1];
+    mount_ptys();
     /* SIGCHLD stays blocked except inside ppoll, so none is missed between a reap and the wait. */
     struct sigaction sa = {.sa_handler = on_child, .sa_flags = SA_NOCLDSTOP};
     sigaction(SIGCHLD, &sa, NULL);

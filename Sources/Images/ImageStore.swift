@@ -155,7 +155,7 @@ public struct ImageStore: Sendable {
         return names.sorted().joined(separator: ", ")
     }
 
-    /// Deletes blobs that no reference reaches, and stale temporary files.
+    /// Deletes blobs and ready snapshots that no reference reaches.
     public func collectGarbage() throws -> (blobs: Int, bytes: Int64) {
         var live: Set<String> = []
         for digest in Set(try references().values) {
@@ -167,6 +167,17 @@ public struct ImageStore: Sendable {
         for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where !live.contains("sha256:" + name) {
             let path = dir + "/" + name
             bytes += ((try? FileManager.default.attributesOfItem(atPath: path)[.size]) as? Int64) ?? 0
+            try FileManager.default.removeItem(atPath: path)
+            removed += 1
+        }
+        // Ready snapshots (`skiff run`'s, named by manifest digest) of
+        // images no reference reaches, and half-made ones a killed run left.
+        let ready = root + "/ready"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: ready)) ?? [] where !live.contains("sha256:" + name) {
+            let path = ready + "/" + name
+            if let e = FileManager.default.enumerator(atPath: path) {
+                while let f = e.nextObject() as? String { bytes += ((try? FileManager.default.attributesOfItem(atPath: path + "/" + f)[.size]) as? Int64) ?? 0 }
+            }
             try FileManager.default.removeItem(atPath: path)
             removed += 1
         }

@@ -159,7 +159,7 @@ public final class HostNetwork: @unchecked Sendable {
     /// On a bridge the guest could send with any source MAC and take over
     /// another machine's traffic: frames from its TAP must carry its own.
     private func guardSourceMAC(_ mac: [UInt8], tap: String) throws {
-        let hex = mac.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")
+        let hex = Net.macText(mac)
         let table = "skiff-\(getpid())-\(tap)-mac"
         try nft(batch: [["add", "table", "bridge", table],
                         ["add", "chain", "bridge", table, "guest", "{ type filter hook prerouting priority -200 ; }"],

@@ -29,7 +29,7 @@ public struct NetworkLease: Sendable {
     public var cidr: String { address + "/\(Self.prefix)" }
     /// Locally administered, unicast: 02:73:6b ("sk") then the host number.
     public var mac: [UInt8] { [0x02, 0x73, 0x6b, 0x00, UInt8(number >> 8), UInt8(number & 0xFF)] }
-    public var macText: String { mac.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":") }
+    public var macText: String { Net.macText(mac) }
     public var tap: String { "skt\(number)" }
     var path: String { Self.directory + "/\(number)" }
 

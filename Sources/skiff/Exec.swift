@@ -9,7 +9,13 @@ import VMM
 /// and the VM's `vsock` socket, which `skiff exec NAME` connects to. A
 /// name whose launcher is gone (killed before it could clean up) is free.
 enum VMName {
-    static var directory: String { (getenv("SKIFF_RUN_DIR").map { String(cString: $0) } ?? "/run/skiff") + "/vms" }
+    /// $SKIFF_RUN_DIR/vms; else /run/skiff/vms for root, and
+    /// $XDG_RUNTIME_DIR/skiff/vms for anyone else.
+    static var directory: String {
+        if let d = getenv("SKIFF_RUN_DIR") { return String(cString: d) + "/vms" }
+        if geteuid() != 0, let x = getenv("XDG_RUNTIME_DIR") { return String(cString: x) + "/skiff/vms" }
+        return "/run/skiff/vms"
+    }
 
     static func isValid(_ name: String) -> Bool {
         guard let f = name.utf8.first, name.utf8.count <= 63, f != UInt8(ascii: "."), f != UInt8(ascii: "-") else { return false }

@@ -365,9 +365,11 @@ func run(_ args: ArraySlice<String>) -> Never {
         // Its name, and the vsock its guest agent answers on (skiff exec NAME).
         let base = String(options.image!.prefix { $0 != ":" && $0 != "@" }.split(separator: "/").last ?? "vm")
         let name = options.name ?? "\(VMName.isValid(base) ? base : "vm")-\(getpid())"
-        let dir: String
-        do { dir = try VMName.claim(name) } catch { fail(error.description, status: 2) }
-        if options.vsock == nil { vsock = Vsock.Options(cid: 3, socketPath: dir + "/vsock") }
+        // Without a name given, a VM that cannot be registered (no run
+        // folder for this user) runs anyway, without `skiff exec`.
+        var dir: String?
+        do { dir = try VMName.claim(name) } catch { if options.name != nil { fail(error.description, status: 2) } }
+        if options.vsock == nil, let dir { vsock = Vsock.Options(cid: 3, socketPath: dir + "/vsock") }
         // Its ready snapshot: restored if there is one, else taken once healthy.
         if let health = appliance.health, let lease, let v = vsock, options.imageArguments.isEmpty, !options.cold, options.disks.isEmpty, options.kernel == nil {
             let ready = ReadySnapshot.directory(store: ApplianceRun.storeRoot, manifest: appliance.digest)
@@ -385,8 +387,10 @@ func run(_ args: ArraySlice<String>) -> Never {
                                     address: lease.address, name: name)
                 launch(restored, snapshot: image, options: options)
             }
-            options.controlSocket = options.controlSocket ?? dir + "/control"
-            ReadySnapshot.takeWhenHealthy(health, address: lease.address, control: options.controlSocket!, into: ready)
+            if let dir {
+                options.controlSocket = options.controlSocket ?? dir + "/control"
+                ReadySnapshot.takeWhenHealthy(health, address: lease.address, control: options.controlSocket!, into: ready)
+            }
         }
     }
     config.vsock = vsock

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SkiffAPI
+import SkiffControl
 
 /// `skiff ps|create|start|...`: the manager's CLI, as Docker's users
 /// expect it. `skiff` (the small per-VM binary) hands these commands to
@@ -210,6 +211,13 @@ struct Remove: AsyncParsableCommand {
     }
 }
 
+/// The CLI's streamed output (logs, events). A reader that went away
+/// (`| grep -q`, `| head`) ends the command quietly, as it ends cat:
+/// Foundation's FileHandle.write would trap on the EPIPE.
+func writeStandardOutput(_ bytes: [UInt8]) {
+    guard Descriptor.writeAll(STDOUT_FILENO, bytes) else { exit(errno == EPIPE ? 0 : 1) }
+}
+
 struct Logs: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print a VM's console output.")
     @Argument(help: "The VM's name.") var name: String
@@ -219,7 +227,7 @@ struct Logs: AsyncParsableCommand {
         try await withClient { c in
             switch try await c.getLogs(path: .init(name: name), query: .init(tail: tail, follow: follow)) {
             case .ok(let r):
-                for try await chunk in try r.body.plainText { FileHandle.standardOutput.write(Data(chunk)) }
+                for try await chunk in try r.body.plainText { writeStandardOutput(Array(chunk)) }
             case .default(let s, let p): throw failure(s, p)
             }
         }
@@ -347,6 +355,6 @@ struct Events: AsyncParsableCommand {
             line = Data("\(e.seq) \(Date(timeIntervalSince1970: Double(e.time) / 1000)) \(e.vm) \(e.kind)\(e.detail.map { " " + $0 } ?? "")".utf8)
         }
         line.append(UInt8(ascii: "\n"))
-        FileHandle.standardOutput.write(line)
+        writeStandardOutput(Array(line))
     }
 }

@@ -92,6 +92,11 @@ public final class Net: VirtioDevice {
     }
 
     /// "52:54:00:12:34:56"
+    /// "02:73:6b:00:00:05": what parseMAC reads, as ip and nft write it.
+    public static func macText(_ mac: [UInt8]) -> String {
+        mac.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")
+    }
+
     public static func parseMAC(_ text: String) -> [UInt8]? {
         let parts = text.utf8.split(separator: UInt8(ascii: ":")).map { UInt8(String(Substring($0)), radix: 16) }
         guard parts.count == 6, parts.allSatisfy({ $0 != nil }) else { return nil }
