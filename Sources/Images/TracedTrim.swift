@@ -105,6 +105,9 @@ struct TracedTrim {
         // The dynamic loader: the kernel opens it for an exec, with no system call strace sees.
         for p in ["/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/resolv.conf", "/etc/ld.so.cache",
                   "/lib64/ld-linux-x86-64.so.2"] { add(p) }
+        // The usual skeleton, touched or not: whether a run happened to touch
+        // /tmp or /var/tmp is timing, and the same spec must give the same image.
+        for p in ["/dev", "/proc", "/sys", "/run", "/tmp", "/var/tmp", "/root"] { add(p) }
         for p in spec.files.keys { add(p) }
         let subtrees = spec.keep + spec.volumes
         for p in subtrees { add(p) }
