@@ -38,6 +38,7 @@ public struct NetworkLease: Sendable {
     /// The first free (or abandoned) host number.
     public static func acquire() throws(NetError) -> NetworkLease {
         try withLock { () throws(NetError) -> NetworkLease in
+            reclaimAbandoned()
             for n in hosts {
                 let lease = NetworkLease(number: n)
                 // Its TAP is there (a launcher with another lease folder, in this namespace): not free.
@@ -45,16 +46,29 @@ public struct NetworkLease: Sendable {
                 let fd = open(lease.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
                 if fd < 0 {
                     guard errno == EEXIST else { throw NetError("network lease \(lease.path): \(String(cString: strerror(errno)))") }
-                    guard let owner = lease.owner(), kill(owner, 0) != 0, errno == ESRCH else { continue }
-                    lease.removeLeftovers(of: owner)
-                    unlink(lease.path)
-                    return try acquireFree(lease)
+                    continue // held (abandoned ones were reclaimed above)
                 }
                 close(fd)
                 unlink(lease.path)
                 return try acquireFree(lease)
             }
             throw NetError("the appliance network \(bridge) has no free address (\(hosts.count) leases in \(directory))")
+        }
+    }
+
+    /// Every lease whose launcher is gone: its nftables tables (a published
+    /// port among them, which would refuse the next VM that asks for it)
+    /// and then the lease itself. Called under the lock.
+    static func reclaimAbandoned() {
+        guard let dir = opendir(directory) else { return }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let n = UInt32(name), hosts.contains(n) else { continue }
+            let lease = NetworkLease(number: n)
+            guard let owner = lease.owner(), kill(owner, 0) != 0, errno == ESRCH else { continue }
+            lease.removeLeftovers(of: owner)
+            unlink(lease.path)
         }
     }
 

@@ -81,6 +81,8 @@ enum ReadySnapshot {
             let identified = monotonicMs() - start
             if waitHealthy(health, address: address, timeoutMs: 60_000) {
                 FileIO.progress("\(name) restored from its ready snapshot: identity in \(identified) ms, healthy in \(monotonicMs() - start) ms")
+            } else {
+                FileIO.progress("\(name) restored from its ready snapshot and took its identity in \(identified) ms, but its health check has not passed in 60 s")
             }
         }
     }
