@@ -24,15 +24,8 @@ final class ApplianceImageTests: XCTestCase {
         try Harness.skiff(["appliance", "build", specPath], timeout: 600, environment: environment)
     }
 
-    /// Everything the store holds, by path and size: what a failed build must not change.
-    func storeContents() -> [String: Int] {
-        var out: [String: Int] = [:]
-        let e = FileManager.default.enumerator(atPath: store)
-        while let p = e?.nextObject() as? String {
-            out[p] = (try? FileManager.default.attributesOfItem(atPath: store + "/" + p)[.size] as? Int) ?? -1
-        }
-        return out
-    }
+    /// Everything the store holds, by path and size.
+    func storeContents() -> [String: Int] { Harness.treeSizes(store) }
 
     func testPythonOneShotPrintsAndExitsWithItsStatusAndBuildsReproducibly() throws {
         var r = try build(spec("python"))

@@ -46,6 +46,16 @@ enum Harness {
         return s.wait(timeout: timeout)
     }
 
+    /// Every path under `root` with its size: what a refused build or import must leave as it was.
+    static func treeSizes(_ root: String) -> [String: Int] {
+        var out: [String: Int] = [:]
+        let e = FileManager.default.enumerator(atPath: root)
+        while let p = e?.nextObject() as? String {
+            out[p] = (try? FileManager.default.attributesOfItem(atPath: root + "/" + p)[.size] as? Int) ?? -1
+        }
+        return out
+    }
+
     static func skiff(_ args: [String], timeout: Double = 60, environment: [String: String]? = nil) throws -> Result {
         try run(skiff, args, timeout: timeout, environment: environment)
     }

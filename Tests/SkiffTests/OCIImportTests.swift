@@ -66,15 +66,8 @@ final class OCIImportTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("imported-ok"), r.stdout)
     }
 
-    /// What the store holds, by path and size.
-    func storeContents() -> [String: Int] {
-        var out: [String: Int] = [:]
-        let e = FileManager.default.enumerator(atPath: store)
-        while let p = e?.nextObject() as? String {
-            out[p] = (try? FileManager.default.attributesOfItem(atPath: store + "/" + p)[.size] as? Int) ?? -1
-        }
-        return out
-    }
+    /// Everything the store holds, by path and size.
+    func storeContents() -> [String: Int] { Harness.treeSizes(store) }
 
     func testHostileArchivesAreRefusedAndChangeNothing() throws {
         XCTAssertEqual(try skiff(["image", "import", fixtures + "/good-oci"]).status, 0)
