@@ -1,16 +1,29 @@
 /*
- * skiff-agent: PID 1 of Skiff's default guest and of appliance VMs.
+ * skiff-agent: /init, PID 1, of Skiff's default guest and of appliance VMs.
  *
- * The initramfs's /init mounts the roots and sets up the network, then
- * execs this as PID 1: `skiff-agent [--quiet] ROOT COMMAND ARGS...`. It starts the
- * application (COMMAND), reaps every orphan, prints `skiff: exit N` when
+ * It mounts the roots, prints the guest's banner, sets up the network,
+ * starts the application, reaps every orphan, prints `skiff: exit N` when
  * the application ends (the host reads it from the console, GuestReport)
  * and resets the VM. Meanwhile it answers the host on vsock port 52.
  *
+ * What to run comes from the kernel command line, which Linux hands to
+ * init as environment variables:
+ *   skiff_app=BASE64  an appliance image (skiff run IMAGE): its erofs root on
+ *       /dev/vda under a tmpfs overlay at /newroot, the command run there
+ *       as the image's user, busybox bound in at /.skiff/sh and
+ *       /.skiff/busybox. BASE64 holds NUL-terminated entries, each a
+ *       letter and a value (Sources/skiff/ImageRun.swift writes them):
+ *       w workdir, u user (name or uid), i address/prefix, g gateway,
+ *       n a name server, e NAME=VALUE, a one argument of the command.
+ *   skiff_run=COMMAND  that command by /bin/sh -c in the initramfs;
+ *   neither: a shell on the console (no `skiff: exit` line).
+ *
  * Written in C, static, on purpose: it is the first guest process, each
- * system call costs about 0.4 ms of emulated kernel mode on PVM hosts, and
- * it must not depend on anything in an application's image. It makes a
- * dozen calls before the application starts.
+ * system call costs about 0.4 ms of emulated kernel mode on PVM hosts and
+ * each process started most of a second, and it must not depend on
+ * anything in an application's image. Before the application runs it
+ * starts no process and makes a few dozen calls (the shell /init it
+ * replaced started about 30 processes).
  *
  * The protocol (host side: Sources/SkiffControl/GuestAgent.swift). Frames are a
  * type byte and a little-endian u32 length, then that many bytes (at most
@@ -53,15 +66,19 @@
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
+#include <grp.h>
 #include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
 
 #define PORT 52
 #define MAX_FRAME 65536
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-static const char *root = "/";
+static const char *root = "/"; /* the application's root: sessions chroot into it */
 static pid_t app = -1;
 static int app_status = -1; /* the application's status once it ended */
 static int quiet;            /* --quiet: no `skiff: exit N` (the default guest's shell) */
@@ -124,7 +141,7 @@ static char **split_argv(char *p, uint32_t n) {
 
 static void enter_root(void) {
     if (chroot(root) != 0 || chdir("/") != 0) { perror("skiff-agent: chroot"); _exit(125); }
-    setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
+    setenv("PATH", DEFAULT_PATH, 1);
     setenv("HOME", "/root", 1);
 }
 
@@ -459,10 +476,193 @@ static void mount_ptys(void) {
     }
 }
 
-int main(int argc, char **argv) {
-    if (argc > 1 && strcmp(argv[1], "--quiet") == 0) { quiet = 1; argv++; argc--; }
-    if (argc < 3) { fprintf(stderr, "usage: skiff-agent [--quiet] ROOT COMMAND [ARGS...]\n"); return 125; }
-    root = argv[1];
+/* What the application runs as, and where. */
+static const char *workdir = "/";
+static uid_t app_uid;
+static gid_t app_gid, app_groups[64];
+static int app_ngroups;
+
+/* A refusal before the application starts: the reason, `skiff: exit 125`
+ * (the status `docker run` gives when it cannot start a container), reset. */
+static void refuse(const char *fmt, const char *what) {
+    printf("skiff: ");
+    printf(fmt, what);
+    printf("\n");
+    app_status = 125;
+    finish();
+}
+
+/* `skiff guest: Linux 6.1.x, N CPU(s), M MiB`: uname and sysinfo, no
+ * files read. */
+static void banner(void) {
+    struct utsname u;
+    struct sysinfo si;
+    if (uname(&u) != 0 || sysinfo(&si) != 0) return;
+    printf("skiff guest: Linux %s, %ld CPU(s), %llu MiB\n", u.release, sysconf(_SC_NPROCESSORS_ONLN),
+           (unsigned long long)si.totalram * si.mem_unit >> 20);
+    fflush(stdout);
+}
+
+/* RFC 4648 base64 into out (size bytes); the length, or -1. */
+static long base64_decode(const char *in, unsigned char *out, size_t size) {
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t n = 0;
+    unsigned v = 0;
+    int bits = 0;
+    for (; *in && *in != '='; in++) {
+        const char *c = strchr(alphabet, *in);
+        if (!c || !*c) return -1;
+        v = v << 6 | (unsigned)(c - alphabet);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (n == size) return -1;
+            out[n++] = (unsigned char)(v >> bits);
+        }
+    }
+    return (long)n;
+}
+
+/* A whole small file (at most size - 1 bytes), NUL-terminated; its length or -1. */
+static long read_file(const char *path, char *buf, size_t size) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    size_t n = 0;
+    ssize_t r;
+    while (n < size - 1 && ((r = read(fd, buf + n, size - 1 - n)) > 0 || (r < 0 && errno == EINTR)))
+        if (r > 0) n += (size_t)r;
+    close(fd);
+    buf[n] = 0;
+    return (long)n;
+}
+
+/* The user, by name or uid, in the image's /etc/passwd, and its groups in
+ * /etc/group: what busybox's su looked up before. 0 if found. */
+static int find_user(const char *who, char *name, size_t name_size) {
+    static char text[1 << 18];
+    char path[4200];
+    snprintf(path, sizeof path, "%s/etc/passwd", root);
+    if (read_file(path, text, sizeof text) < 0) return -1;
+    int numeric = *who && strspn(who, "0123456789") == strlen(who), found = 0;
+    for (char *line = strtok(text, "\n"); line && !found; line = strtok(NULL, "\n")) {
+        char *f[4] = {line, NULL, NULL, NULL};
+        for (int k = 1; k < 4 && f[k - 1]; k++) { char *c = strchr(f[k - 1], ':'); if (c) { *c = 0; f[k] = c + 1; } }
+        if (!f[3] || !strchr(f[3], ':')) continue;
+        *strchr(f[3], ':') = 0;
+        if (numeric ? strcmp(f[2], who) != 0 : strcmp(f[0], who) != 0) continue;
+        if (strlen(f[0]) >= name_size) return -1;
+        strcpy(name, f[0]);
+        app_uid = (uid_t)strtoul(f[2], NULL, 10);
+        app_gid = (gid_t)strtoul(f[3], NULL, 10);
+        found = 1;
+    }
+    if (!found) return -1;
+    app_groups[0] = app_gid;
+    app_ngroups = 1;
+    snprintf(path, sizeof path, "%s/etc/group", root);
+    if (read_file(path, text, sizeof text) < 0) return 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        char *gid = strchr(line, ':');
+        gid = gid ? strchr(gid + 1, ':') : NULL;
+        char *members = gid ? strchr(gid + 1, ':') : NULL;
+        if (!members) continue;
+        *members++ = 0;
+        for (char *m = members; *m && app_ngroups < 64; ) {
+            size_t len = strcspn(m, ",");
+            if (len == strlen(name) && strncmp(m, name, len) == 0) { app_groups[app_ngroups++] = (gid_t)strtoul(gid + 1, NULL, 10); break; }
+            m += len + (m[len] == ',');
+        }
+    }
+    return 0;
+}
+
+/* An empty file at path with src bound onto it. */
+static void bind_file(const char *src, const char *path) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0755);
+    if (fd >= 0) close(fd);
+    mount(src, path, NULL, MS_BIND, NULL);
+}
+
+static int up(const char *ifname) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct ifreq r;
+    memset(&r, 0, sizeof r);
+    strncpy(r.ifr_name, ifname, IFNAMSIZ - 1);
+    int rc = ioctl(fd, SIOCGIFFLAGS, &r);
+    if (rc == 0) { r.ifr_flags |= IFF_UP; rc = ioctl(fd, SIOCSIFFLAGS, &r); }
+    close(fd);
+    return rc;
+}
+
+/* skiff_app: the image's root, network and user; the command into cmd. */
+static void setup_image(const char *encoded, char **cmd, size_t max) {
+    static unsigned char spec[4096];
+    long n = base64_decode(encoded, spec, sizeof spec - 1);
+    if (n <= 0 || spec[n - 1] != 0) refuse("%s", "the image's start (skiff_app) is malformed");
+    const char *user = "root", *ip = NULL, *gw = NULL, *dns[8];
+    size_t ndns = 0, argc = 0;
+    for (long i = 0; i < n; i += (long)strlen((char *)spec + i) + 1) {
+        char *v = (char *)spec + i + 1;
+        switch (spec[i]) {
+        case 'w': workdir = v; break;
+        case 'u': user = v; break;
+        case 'i': ip = v; break;
+        case 'g': gw = v; break;
+        case 'n': if (ndns < 8) dns[ndns++] = v; break;
+        case 'e': if (strchr(v, '=')) putenv(v); break;
+        case 'a': if (argc + 1 < max) cmd[argc++] = v; break;
+        default: break;
+        }
+    }
+    cmd[argc] = NULL;
+    if (argc == 0) refuse("%s", "the image names no command");
+    unsetenv("skiff_app");
+    setenv("HOME", "/", 1);
+    root = "/newroot";
+    mkdir("/image", 0755); mkdir("/rw", 0755); mkdir("/newroot", 0755);
+    if (mount("/dev/vda", "/image", "erofs", MS_RDONLY, NULL) != 0) refuse("%s", "the image's root (/dev/vda) does not mount");
+    if (mount("tmpfs", "/rw", "tmpfs", 0, "mode=0755") != 0 || mkdir("/rw/upper", 0755) || mkdir("/rw/work", 0755) ||
+        mount("overlay", "/newroot", "overlay", 0, "lowerdir=/image,upperdir=/rw/upper,workdir=/rw/work") != 0)
+        refuse("the writable layer over the image's root: %s", strerror(errno));
+    const char *dirs[] = {"proc", "sys", "dev", "tmp", ".skiff"};
+    char p[4200];
+    for (size_t k = 0; k < sizeof dirs / sizeof *dirs; k++) { snprintf(p, sizeof p, "/newroot/%s", dirs[k]); mkdir(p, 0755); }
+    mount("proc", "/newroot/proc", "proc", 0, NULL);
+    mount("sysfs", "/newroot/sys", "sysfs", 0, NULL);
+    mount("devtmpfs", "/newroot/dev", "devtmpfs", 0, NULL);
+    mount("tmpfs", "/newroot/tmp", "tmpfs", 0, NULL);
+    bind_file("/bin/busybox", "/newroot/.skiff/sh");
+    bind_file("/bin/busybox", "/newroot/.skiff/busybox");
+    up("lo");
+    if (ip) {
+        if (!gw || set_ipv4("eth0", ip, gw) != 0) printf("skiff: eth0 did not take %s\n", ip);
+        unlink("/newroot/etc/resolv.conf");
+        FILE *f = fopen("/newroot/etc/resolv.conf", "we");
+        for (size_t k = 0; f && k < ndns; k++) fprintf(f, "nameserver %s\n", dns[k]);
+        if (f) fclose(f);
+    }
+    char name[256];
+    if (find_user(user, name, sizeof name) != 0) refuse("user %s is not in the image's /etc/passwd", user);
+}
+
+int main(void) {
+    static char *cmd[256];
+    setenv("PATH", DEFAULT_PATH, 1);
+    mount("proc", "/proc", "proc", 0, NULL);
+    mount("sysfs", "/sys", "sysfs", 0, NULL);
+    mount("devtmpfs", "/dev", "devtmpfs", 0, NULL); /* may be there already */
+    mount("tmpfs", "/tmp", "tmpfs", 0, NULL);
+    banner();
+    const char *image = getenv("skiff_app"), *run = getenv("skiff_run");
+    if (image) {
+        setup_image(image, cmd, sizeof cmd / sizeof *cmd);
+    } else if (run) {
+        cmd[0] = "/bin/sh"; cmd[1] = "-c"; cmd[2] = (char *)run;
+    } else {
+        quiet = 1;
+        cmd[0] = "/bin/busybox"; cmd[1] = "setsid"; cmd[2] = "cttyhack"; cmd[3] = "sh";
+    }
     mount_ptys();
     /* SIGCHLD stays blocked except inside ppoll, so none is missed between a reap and the wait. */
     struct sigaction sa = {.sa_handler = on_child, .sa_flags = SA_NOCLDSTOP};
@@ -471,12 +671,19 @@ int main(int argc, char **argv) {
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
     sigprocmask(SIG_BLOCK, &chld, &unblocked);
+    fflush(stdout);
     app = fork();
     if (app == 0) {
         sigprocmask(SIG_SETMASK, &unblocked, NULL);
-        execv(argv[2], argv + 2);
-        fprintf(stderr, "skiff-agent: %s: %s\n", argv[2], strerror(errno));
-        _exit(127);
+        if (strcmp(root, "/") != 0 && (chroot(root) != 0 || chdir("/") != 0)) { perror("skiff: chroot"); _exit(125); }
+        if (chdir(workdir) != 0) { fprintf(stderr, "skiff: cannot enter %s: %s\n", workdir, strerror(errno)); _exit(125); }
+        if (app_uid != 0 && (setgroups((size_t)app_ngroups, app_groups) != 0 || setgid(app_gid) != 0 || setuid(app_uid) != 0)) {
+            perror("skiff: dropping to the image's user");
+            _exit(125);
+        }
+        execvp(cmd[0], cmd);
+        fprintf(stderr, "skiff: %s: %s\n", cmd[0], strerror(errno));
+        _exit(errno == ENOENT ? 127 : 126);
     }
     int l = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_port = PORT, .svm_cid = VMADDR_CID_ANY};

@@ -2,77 +2,18 @@ import Glibc
 import HostTools
 
 /// The default guest's root: busybox (as Debian ships it, statically
-/// linked, unmodified) with a link per applet, and an /init script.
+/// linked, unmodified) with a link per applet, and the guest agent
+/// (guest/agent.c) as /init.
 ///
-/// /init mounts the usual filesystems and prints a banner, then execs the
-/// guest agent (guest/agent.c) as PID 1 with what to run: if the kernel
-/// command line set `skiff_run="COMMAND"` (Linux hands unknown `name=value`
-/// parameters to init as environment variables), that command, after which
-/// the agent prints `skiff: exit N` and reboots; an appliance image's
-/// command (`skiff_app`) the same way; otherwise a shell on the console,
-/// rebooting when the shell ends. The agent answers the host on vsock.
+/// The agent, PID 1, mounts the usual filesystems, prints a banner and runs
+/// what the kernel command line asks for (Linux hands unknown `name=value`
+/// parameters to init as environment variables): `skiff_run="COMMAND"`, by
+/// busybox's sh, after which it prints `skiff: exit N` and resets the VM;
+/// an appliance image (`skiff_app`, ImageRun) the same way; otherwise a
+/// shell on the console, resetting when the shell ends. It answers the host
+/// on vsock. No shell runs before the command: each process costs most of
+/// a second of emulated kernel mode on PVM hosts.
 public enum Initramfs {
-    public static let initScript = """
-    #!/bin/sh
-    # An appliance image (skiff run IMAGE): its erofs root on /dev/vda under
-    # a tmpfs overlay, the command `skiff_app` names run in it as its user,
-    # with busybox bound in at /.skiff/sh and /.skiff/busybox for the last steps.
-    run_image() {
-        echo "$skiff_app" | base64 -d > /app.sh || { echo "skiff: exit 125"; return; }
-        unset skiff_app
-        . /app.sh
-        mkdir -p /image /rw /newroot
-        if ! mount -t erofs -o ro /dev/vda /image; then echo "skiff: the image's root (/dev/vda) does not mount"; echo "skiff: exit 125"; return; fi
-        mount -t tmpfs -o mode=0755 tmpfs /rw && mkdir -p /rw/upper /rw/work
-        mount -t overlay overlay -o lowerdir=/image,upperdir=/rw/upper,workdir=/rw/work /newroot
-        for d in proc sys dev tmp .skiff; do mkdir -p /newroot/$d; done
-        mount -t proc proc /newroot/proc
-        mount -t sysfs sysfs /newroot/sys
-        mount -t devtmpfs devtmpfs /newroot/dev
-        mount -t tmpfs tmpfs /newroot/tmp
-        for b in sh busybox; do touch /newroot/.skiff/$b && mount --bind /bin/busybox /newroot/.skiff/$b; done
-        ip link set lo up 2>/dev/null
-        # Skiff's network (skiff run as root): the address, route and name
-        # servers the launcher leased for this VM.
-        if [ -n "$skiff_ip" ]; then
-            { ip link set eth0 up && ip addr add "$skiff_ip" dev eth0 && ip route add default via "$skiff_gw"; } \
-                || echo "skiff: eth0 did not take $skiff_ip"
-            rm -f /newroot/etc/resolv.conf
-            for s in $skiff_dns; do echo "nameserver $s"; done > /newroot/etc/resolv.conf
-        fi
-        case "$skiff_user" in
-            *[!0-9]*) name=$skiff_user ;;
-            *) name=$(awk -F: -v u="$skiff_user" '$3 == u { print $1; exit }' /newroot/etc/passwd) ;;
-        esac
-        if ! grep -q "^$name:" /newroot/etc/passwd 2>/dev/null; then echo "skiff: user $skiff_user is not in the image's /etc/passwd"; echo "skiff: exit 125"; return; fi
-        export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/
-        run='cd "$0" || exit 125; exec "$@"'
-        # The agent (PID 1 from here) runs the command and answers the host.
-        if [ "$name" = root ]; then
-            exec /bin/skiff-agent /newroot /bin/busybox chroot /newroot /.skiff/sh -c "$run" "$skiff_workdir" "$@"
-        else
-            # busybox's su as the user (environment kept: -p), its shell the
-            # bound busybox; after --, the command's own options are not su's.
-            exec /bin/skiff-agent /newroot /bin/busybox chroot /newroot /.skiff/busybox su -p -s /.skiff/sh -c "$run" -- "$name" "$skiff_workdir" "$@"
-        fi
-    }
-    mount -t proc proc /proc
-    mount -t sysfs sysfs /sys
-    mount -t devtmpfs devtmpfs /dev 2>/dev/null
-    mount -t tmpfs tmpfs /tmp
-    read -r _ _ kernel _ < /proc/version
-    echo "skiff guest: Linux $kernel, $(grep -c ^processor /proc/cpuinfo) CPU(s), $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
-    if [ -n "$skiff_app" ]; then
-        run_image
-    elif [ -n "$skiff_run" ]; then
-        exec /bin/skiff-agent / /bin/sh -c "$skiff_run"
-    else
-        exec /bin/skiff-agent --quiet / /bin/busybox setsid cttyhack sh
-    fi
-    reboot -f
-
-    """
-
     public static func build(busybox: [UInt8], applets: [String], agent: [UInt8]) throws -> [UInt8] {
         var cpio = CpioWriter()
         for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc"] {
@@ -81,12 +22,11 @@ public enum Initramfs {
         cpio.characterDevice("dev/console", major: 5, minor: 1)
         cpio.characterDevice("dev/null", major: 1, minor: 3, permissions: 0o666)
         cpio.file("bin/busybox", busybox, permissions: 0o755)
-        cpio.file("bin/skiff-agent", agent, permissions: 0o755)
         for applet in applets where applet != "busybox" {
             // busybox --list names applets only; put each in bin (sh finds all via PATH).
             cpio.symlink("bin/" + applet, to: "busybox")
         }
-        cpio.file("init", Array(initScript.utf8), permissions: 0o755)
+        cpio.file("init", agent, permissions: 0o755)
         cpio.file("etc/passwd", Array("root:x:0:0:root:/root:/bin/sh\n".utf8))
         return cpio.finish()
     }

@@ -37,16 +37,28 @@ public struct ApplianceBuilder {
         let work = store.temporary + "/build-\(spec.name)-\(getpid())"
         try? FileManager.default.removeItem(atPath: work)
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        defer { try? FileManager.default.removeItem(atPath: work) }
+        defer {
+            // A failed mmdebstrap can leave its hooks' bind mounts (a local
+            // .deb's) in the root: undone first, or the folder stays.
+            Self.unmountAll(under: work)
+            try? FileManager.default.removeItem(atPath: work)
+        }
         let root = work + "/root"
 
         // 1. Packages. `essential` is dpkg's own minimum (coreutils, a
         // shell, libc); maintainer scripts run in the work root.
         progress("resolving and installing \(spec.packages.isEmpty ? "Debian's essential set" : spec.packages.joined(separator: " ")) (mmdebstrap, \(suite))")
-        var args = ["--variant=essential", "--mode=root", "--quiet", "--aptopt=Acquire::Check-Valid-Until \"false\"",
+        // Not --quiet: apt's reasons (a conflict, an unmet dependency, a
+        // failing maintainer script) go to its standard output.
+        var args = ["--variant=essential", "--mode=root", "--aptopt=Acquire::Check-Valid-Until \"false\"",
                     "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
                     "--dpkgopt=path-exclude=/usr/share/locale/*", "--dpkgopt=path-exclude=/usr/share/info/*"]
-        if !spec.packages.isEmpty { args.append("--include=" + spec.packages.joined(separator: ",")) }
+        let names = spec.packages.filter { !ApplianceSpec.isLocalPackage($0) }, files = spec.packages.filter(ApplianceSpec.isLocalPackage)
+        if !names.isEmpty { args.append("--include=" + names.joined(separator: ",")) }
+        // A .deb file: its own --include (a path is not split), and mmdebstrap's
+        // hook that makes it visible to dpkg inside the root.
+        args += files.map { "--include=" + $0 }
+        if !files.isEmpty { args.append("--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount") }
         args += [suite, root]
         let log = work + "/mmdebstrap.log"
         let status = try Self.run("/usr/bin/mmdebstrap", args, log: log, environment: ["SOURCE_DATE_EPOCH": Self.epoch])
@@ -141,6 +153,20 @@ public struct ApplianceBuilder {
     }
 
     /// The lines of a log that say what failed (apt's and dpkg's E: lines), else its end.
+    /// Detaches every mount at or below `path`, deepest first.
+    static func unmountAll(under path: String) {
+        guard let table = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return }
+        let points = table.split(separator: "\n").compactMap { line -> String? in
+            let fields = line.split(separator: " ")
+            guard fields.count > 4 else { return nil }
+            // mountinfo escapes space, tab, newline and backslash as \ooo.
+            var point = String(fields[4])
+            for (code, c) in [("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")] { point = point.replacingOccurrences(of: code, with: c) }
+            return point == path || point.hasPrefix(path + "/") ? point : nil
+        }
+        for point in points.sorted(by: { $0.count > $1.count }) { _ = umount2(point, Int32(MNT_DETACH)) }
+    }
+
     static func explain(_ log: String) -> String {
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         let lines = text.split(separator: "\n")

@@ -8,7 +8,7 @@ import Yams
 ///
 ///     name: nginx
 ///     version: "1"
-///     packages: [nginx-light]
+///     packages: [nginx-light]          # or a .deb's path: /x.deb, ./x.deb (from the spec's folder)
 ///     files: {/etc/nginx/sites-enabled/default: "server { listen 80; root /srv; }\n"}
 ///     command: [nginx, -g, "daemon off;"]
 ///     user: root
@@ -137,12 +137,22 @@ public struct ApplianceSpec: Codable, Sendable, Equatable {
         }
     }
 
+    /// A package given as a path to a .deb file (`/x.deb`, `./x.deb`).
+    public static func isLocalPackage(_ p: String) -> Bool { p.hasPrefix("/") || p.hasPrefix("./") }
+
     func check(_ source: String) throws {
         func fail(_ s: String) -> Invalid { Invalid("\(source): \(s)") }
         guard ImageReference.isName(name) else { throw fail("name '\(name.prefix(80))': 1 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit") }
         guard ImageReference.isTag(version) else { throw fail("version '\(version.prefix(80))': 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'") }
         guard packages.count <= 500 else { throw fail("at most 500 packages") }
         for p in packages {
+            if Self.isLocalPackage(p) {
+                // A .deb of the user's own: absolute, or ./ from the spec's folder.
+                guard p.utf8.count <= 4096, p.hasSuffix(".deb"), p.utf8.allSatisfy({ $0 > 0x20 && $0 != 0x2c && $0 != 0x7f }) else {
+                    throw fail("package '\(p.prefix(80))': a local package is a path to a .deb, without spaces or commas")
+                }
+                continue
+            }
             // Debian's package name syntax (Policy 5.6.1), optionally =VERSION.
             let parts = p.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let pkg = parts[0]

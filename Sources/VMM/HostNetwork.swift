@@ -99,9 +99,12 @@ public final class HostNetwork: @unchecked Sendable {
         guard let bridge = o.bridge, Net.interfaceNameIsValid(bridge), let address = o.hostAddress,
               let subnet = Self.subnet(address) else { throw NetError("a shared network needs a bridge and its address") }
         if let n = o.lease { undo.append(.releaseLease(n)) }
-        try enableForwarding()
         try NetworkLease.withLock { () throws(NetError) in
             do {
+                // Under the lock too: a leaving launcher restores the old
+                // value only when no VM's table is left, and must not do it
+                // between this launcher's look and its tables.
+                try enableForwarding()
                 if !Self.linkExists(bridge) {
                     // A fixed MAC (the gateway's lease number, 1): a VM restored
                     // from a ready snapshot still has the gateway's MAC in its
@@ -191,8 +194,10 @@ public final class HostNetwork: @unchecked Sendable {
             case .releaseLease(let number):
                 NetworkLease(number: number).release()
             case .restoreForwarding(let value):
-                let tables = (try? Subprocess.run([Self.tool("nft"), "list", "tables", "ip"], capture: true, quiet: true)) ?? "skiff-"
-                if !tables.contains("skiff-") { _ = Self.writeForwarding(value) }
+                _ = try? NetworkLease.withLock { () throws(NetError) in
+                    let tables = (try? Subprocess.run([Self.tool("nft"), "list", "tables", "ip"], capture: true, quiet: true)) ?? "skiff-"
+                    if !tables.contains("skiff-") { _ = Self.writeForwarding(value) }
+                }
             }
         }
     }

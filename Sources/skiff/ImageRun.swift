@@ -114,21 +114,24 @@ struct ApplianceRun {
         return k.utf8.allSatisfy { (0x41...0x5a).contains($0) || (0x61...0x7a).contains($0) || (0x30...0x39).contains($0) || $0 == 0x5f }
     }
 
-    /// The kernel parameters that tell /init to run this image:
-    /// `skiff_app=` a base64 shell fragment (the kernel passes it to init as
-    /// an environment variable) that /init sources. Every word in it is
-    /// single-quoted, so no value is ever read as shell syntax.
+    /// The kernel parameter that tells the agent (/init, guest/agent.c)
+    /// to run this image: `skiff_app=` base64 of NUL-terminated entries, a
+    /// letter and a value each (w workdir, u user, i address, g gateway, n a
+    /// name server, e NAME=VALUE, a one argument of the command). Values go
+    /// through no shell; one with a NUL is refused.
     func kernelParameters(arguments: [String], network: GuestNetwork? = nil) throws(ConfigurationError) -> String {
-        func quote(_ s: String) -> String {
-            "'" + s.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "'\\''") + "'"
-        }
-        var script = "skiff_workdir=\(quote(workdir))\nskiff_user=\(quote(user))\n"
+        var entries: [(Character, String)] = [("w", workdir), ("u", user)]
         if let network {
-            script += "skiff_ip=\(quote(network.address))\nskiff_gw=\(quote(network.gateway))\nskiff_dns=\(quote(network.nameservers.joined(separator: " ")))\n"
+            entries += [("i", network.address), ("g", network.gateway)] + network.nameservers.map { ("n", $0) }
         }
-        for (k, v) in environment { script += "export \(k)=\(quote(v))\n" }
-        script += "set -- " + (arguments.isEmpty ? command : arguments).map(quote).joined(separator: " ") + "\n"
-        let encoded = Base64.encode(Array(script.utf8))
+        entries += environment.map { ("e", $0.0 + "=" + $0.1) }
+        entries += (arguments.isEmpty ? command : arguments).map { ("a", $0) }
+        var record: [UInt8] = []
+        for (letter, value) in entries {
+            guard !value.utf8.contains(0) else { throw ConfigurationError("'\(value.prefix(80))' holds a NUL byte") }
+            record += Array(String(letter).utf8) + Array(value.utf8) + [0]
+        }
+        let encoded = Base64.encode(record)
         // x86's COMMAND_LINE_SIZE is 2048, and the default line takes some.
         guard encoded.utf8.count <= 1700 else {
             throw ConfigurationError("the command and environment take \(encoded.utf8.count) bytes on the kernel command line; at most 1700")
@@ -137,7 +140,7 @@ struct ApplianceRun {
     }
 }
 
-/// RFC 4648 base64 (the guest decodes with busybox's base64 -d).
+/// RFC 4648 base64 (the agent decodes it).
 enum Base64 {
     static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
 

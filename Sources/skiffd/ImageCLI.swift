@@ -15,8 +15,10 @@ struct ApplianceCommand: ParsableCommand {
         func run() throws {
             guard let data = FileManager.default.contents(atPath: spec) else { throw CLIError("\(spec): cannot read it") }
             guard let text = String(data: data, encoding: .utf8) else { throw CLIError("\(spec): not UTF-8 text") }
-            let parsed: ApplianceSpec
+            var parsed: ApplianceSpec
             do { parsed = try ApplianceSpec.parse(text, source: spec) } catch { throw CLIError("\(error)") }
+            let folder = URL(fileURLWithPath: spec).deletingLastPathComponent().path
+            parsed.packages = parsed.packages.map { $0.hasPrefix("./") ? folder + "/" + $0.dropFirst(2) : $0 }
             let images = try ImageStore(root: store ?? ImageStore.defaultRoot)
             let t0 = Date()
             let builder = ApplianceBuilder(store: images) { FileHandle.standardError.write(Data("[skiff appliance] \($0)\n".utf8)) }
