@@ -35,6 +35,8 @@ usage: skiff run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline TEXT
        skiff exec [-i] [-t] VM -- COMMAND [ARGS...]
                                    a command in a running image's VM (its name:
                                    --name, else IMAGE-PID) through its guest agent
+       skiff cp VM:PATH HOST|-    skiff cp HOST|- VM:PATH
+                                   a file out of or into it, the same way
        skiff restore SNAPSHOT [--control-socket PATH] [--paused] [--track-dirty-pages]
                  [--net ...]... [--vsock ...]   (these replace the saved ones)
        skiff clone SNAPSHOT -n N [--output-dir DIR]
@@ -451,6 +453,8 @@ case "run":
     run(args.dropFirst())
 case "restore":
     restore(args.dropFirst())
+case "cp":
+    Copy.main(args.dropFirst())
 case "exec":
     Exec.main(args.dropFirst())
 case "clone" where args.dropFirst().first.map(Manager.isDirectory) == false:

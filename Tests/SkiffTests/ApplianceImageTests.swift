@@ -188,6 +188,20 @@ final class ApplianceImageTests: XCTestCase {
         let a = try netns(ns, [Harness.skiff, "exec", names[0], "--", "/.skiff/busybox", "ip", "-o", "-4", "addr", "show", "dev", "eth0"]).stdout
         let b = try netns(ns, [Harness.skiff, "exec", names[1], "--", "/.skiff/busybox", "ip", "-o", "-4", "addr", "show", "dev", "eth0"]).stdout
         XCTAssertNotEqual(a, b, "both restored VMs have one address")
+        // skiff cp: a file into the VM and out again, and a missing one
+        // leaving the host's path as it was.
+        let local = "/tmp/skiff-cp-\(getpid())"
+        try "from the host\n".write(toFile: local + ".in", atomically: true, encoding: .utf8)
+        defer { for f in [".in", ".out", ".missing"] { try? FileManager.default.removeItem(atPath: local + f) } }
+        XCTAssertEqual(try Harness.skiff(["cp", local + ".in", names[0] + ":/tmp/copied"], timeout: 30, environment: env).status, 0)
+        XCTAssertEqual(try netns(ns, [Harness.skiff, "exec", names[0], "--", "/.skiff/busybox", "cat", "/tmp/copied"]).stdout, "from the host\n")
+        var cp = try Harness.skiff(["cp", names[0] + ":/proc/sys/kernel/hostname", local + ".out"], timeout: 30, environment: env)
+        XCTAssertEqual(cp.status, 0, cp.stderr)
+        XCTAssertEqual(try String(contentsOfFile: local + ".out", encoding: .utf8), names[0] + "\n")
+        cp = try Harness.skiff(["cp", names[0] + ":/no/such/file", local + ".missing"], timeout: 30, environment: env)
+        XCTAssertEqual(cp.status, 1)
+        XCTAssertTrue(cp.stderr.contains("/no/such/file"), cp.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: local + ".missing"))
         // exec's round trip: `true`, 20 times (bench/appliance measures 100).
         var times: [Double] = []
         for _ in 0..<20 {
