@@ -113,7 +113,11 @@ enum ReadySnapshot {
             if fd >= 0 { close(fd) }
             return fd >= 0
         case .http(let port, let path, let status):
-            let fd = connectTCP(address, port)
+            // Up to 5 s for the answer: the first requests after a boot
+            // or a restore can take longer than a connect here, and a
+            // check that gave up after 200 ms and asked again kept nginx
+            // busy with abandoned connections (never healthy while it ran).
+            let fd = connectTCP(address, port, replyTimeoutMs: 5_000)
             guard fd >= 0 else { return false }
             defer { close(fd) }
             let request = Array("GET \(path) HTTP/1.0\r\nHost: \(address)\r\n\r\n".utf8)
@@ -131,8 +135,9 @@ enum ReadySnapshot {
         }
     }
 
-    /// A TCP connection to address:port within 200 ms; -1 if none.
-    static func connectTCP(_ address: String, _ port: Int) -> Int32 {
+    /// A TCP connection to address:port within 200 ms, whose reads wait
+    /// up to `replyTimeoutMs`; -1 if none.
+    static func connectTCP(_ address: String, _ port: Int, replyTimeoutMs: Int = 200) -> Int32 {
         var sa = sockaddr_in()
         sa.sin_family = sa_family_t(AF_INET)
         sa.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -141,9 +146,10 @@ enum ReadySnapshot {
         guard fd >= 0 else { return -1 }
         var tv = timeval(tv_sec: 0, tv_usec: 200_000)
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         let ok = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         guard ok == 0 else { close(fd); return -1 }
+        var reply = timeval(tv_sec: replyTimeoutMs / 1000, tv_usec: (replyTimeoutMs % 1000) * 1000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &reply, socklen_t(MemoryLayout<timeval>.size))
         return fd
     }
 
