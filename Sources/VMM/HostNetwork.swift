@@ -49,19 +49,23 @@ public final class HostNetwork: @unchecked Sendable {
                 guard Net.interfaceNameIsValid(bridge) else {
                     throw NetError("--net bridge=\(bridge): not an interface name (1-15 letters, digits, '-', '_', '.')")
                 }
-                if !Self.linkExists(bridge) {
+                // Under the network's lock, as the last VM's delete is:
+                // without it a clone could find the bridge made but not yet
+                // marked, never take on its removal, and leave it behind
+                // when it was the last to go (or lose it between its look
+                // and its `master`).
+                try NetworkLease.withLock { () throws(NetError) in
                     do {
-                        // Marked as Skiff's: the last VM on it removes it.
-                        try ip(["link", "add", "name", bridge, "type", "bridge"])
-                        try ip(["link", "set", "dev", bridge, "alias", Self.bridgeMark])
-                    } catch {
-                        // Another VM (a clone) made it meanwhile: share it.
-                        guard Self.linkExists(bridge) else { throw error }
-                    }
+                        if !Self.linkExists(bridge) {
+                            // Marked as Skiff's: the last VM on it removes it.
+                            try ip(["link", "add", "name", bridge, "type", "bridge"])
+                            try ip(["link", "set", "dev", bridge, "alias", Self.bridgeMark])
+                        }
+                        if Self.isSkiffBridge(bridge) { undo.append(.deleteBridgeIfUnused(bridge)) }
+                        try ip(["link", "set", "dev", bridge, "up"])
+                        try ip(["link", "set", "dev", tap, "master", bridge], undo: ["link", "set", "dev", tap, "nomaster"])
+                    } catch let e as NetError { throw e } catch { throw NetError("--net bridge=\(bridge): \(error)") }
                 }
-                if Self.isSkiffBridge(bridge) { undo.append(.deleteBridgeIfUnused(bridge)) }
-                try ip(["link", "set", "dev", bridge, "up"])
-                try ip(["link", "set", "dev", tap, "master", bridge], undo: ["link", "set", "dev", tap, "nomaster"])
                 device = bridge
                 try guardSourceMAC(o.mac, tap: tap)
             }
@@ -228,8 +232,9 @@ public final class HostNetwork: @unchecked Sendable {
         return n > 0 && String(decoding: b.prefix(n), as: UTF8.self).hasPrefix(bridgeMark)
     }
 
+    /// In this process's network namespace (an ioctl, not `ip link show`).
     static func linkExists(_ name: String) -> Bool {
-        (try? Subprocess.run([tool("ip"), "link", "show", "dev", name], capture: true, quiet: true)) != nil
+        if_nametoindex(name) != 0
     }
 
     static func readForwarding() -> String? {

@@ -63,7 +63,10 @@ enum ReadySnapshot {
         let start = monotonicMs()
         _ = try? HostThread(name: "ready-identity") {
             var lastError = ""
-            while monotonicMs() - start < 10_000 {
+            // Generous: 20 VMs restored at once on these 2 cores took 20 s
+            // to answer, and a VM that gave up here kept the snapshot's
+            // MAC and address (its frames dropped, nothing answering).
+            while monotonicMs() - start < 180_000 {
                 do throws(GuestAgent.Failure) {
                     let agent = try GuestAgent(vsockSocket: vsock, timeoutMs: 2_000)
                     _ = try agent.request(UInt8(ascii: "n"), Array(identity.utf8), expecting: UInt8(ascii: "N"))
