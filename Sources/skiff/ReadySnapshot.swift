@@ -63,7 +63,7 @@ enum ReadySnapshot {
         let start = monotonicMs()
         _ = try? HostThread(name: "ready-identity") {
             var lastError = ""
-            // Generous: 20 VMs restored at once on these 2 cores took 20 s
+            // Generous: 20 VMs restored at once on these 2 cores took 20-60 s
             // to answer, and a VM that gave up here kept the snapshot's
             // MAC and address (its frames dropped, nothing answering).
             while monotonicMs() - start < 180_000 {
