@@ -167,11 +167,14 @@ public final class VirtualMachine: @unchecked Sendable {
             for t in virtio { t.quiesce() }
         }
         try transition(startPaused ? .startPaused : .start)
+        let sampler = GuestSampler.fromEnvironment(vcpus: loops.count)
+        for loop in loops { loop.sampler = sampler }
         var threads: [HostThread] = []
         for loop in loops {
             threads.append(try HostThread(name: "vcpu\(loop.vcpu.id)") { loop.run() })
         }
         running.withLock { $0 = Array(zip(loops, threads)) }
+        try sampler?.start(loops, threads, stopping: stopping)
         let console = consoleInput.map { ConsoleInput(fd: $0, serial: serial, onQuit: { [unowned self] in self.stop(.consoleQuit) }) }
         try console?.start()
         try Seccomp.lockMainThread(spawnProcesses: mainSpawnsProcesses)

@@ -26,6 +26,8 @@ public final class VcpuLoop: @unchecked Sendable {
     public let completion: InstructionCompletion?
     /// Exits handled so far (read after the thread ends).
     public private(set) var exits: UInt64 = 0
+    /// SKIFF_GUEST_PROFILE's sampler: a kick with nothing else asked is a sample.
+    public var sampler: GuestSampler?
 
     public init(vcpu: KVMVcpu, io: Bus, mmio: Bus, stopping: StopFlag, pauseGate: PauseGate,
                 completion: InstructionCompletion? = nil, onStop: @escaping @Sendable (StopReason) -> Void) {
@@ -49,6 +51,7 @@ public final class VcpuLoop: @unchecked Sendable {
                     // Kicked: to pause (the exit before this one is now
                     // complete), to stop, or to report registers.
                     if pauseGate.isRequested { pauseGate.park { vcpu.setImmediateExit(false) } }
+                    else if let sampler, !stopping.isSet { sampler.record(vcpu) }
                     continue
                 }
             } catch {
