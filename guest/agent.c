@@ -33,9 +33,11 @@
  *       (TTY size); agent 'o' stdout, 'e' stderr, 'X' status (i32: the
  *       exit code, or 128 + the signal), then the agent closes.
  *   'h' health: agent 'H' "running PID" or "exited N".
- *   'n' identity: "ip=A/P gw=G mac=M hostname=H seed=HEX" (words may be
- *       left out); the agent re-addresses eth0, sets the hostname, mixes
- *       the seed into the kernel's entropy pool; 'N' "ok" or 'E' why.
+ *   'n' identity: "ip=A/P gw=G mac=M hostname=H seed=HEX time=S.NS" (words
+ *       may be left out); the agent re-addresses eth0, sets the hostname,
+ *       mixes the seed into the kernel's entropy pool, sets the wall clock
+ *       (a restored guest's clocks go on from the snapshot's moment);
+ *       'N' "ok" or 'E' why.
  *   's' shutdown: SIGTERM to the application (SIGKILL after 10 s); the VM
  *       then resets as when it ends by itself; 'S' "ok".
  *   'f' freeze / 't' thaw the application root's filesystem (FIFREEZE):
@@ -71,6 +73,7 @@
 #include <sys/sysinfo.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -363,6 +366,17 @@ static void session_identity(int s, const char *text) {
         /* RNDADDENTROPY credits it: a restored VM's pool is not its parent's. */
         if (fd < 0 || ioctl(fd, RNDADDENTROPY, &e) != 0) { if (fd >= 0) close(fd); send_text(s, 'E', "identity: entropy not taken"); return; }
         close(fd);
+    }
+    char when[32];
+    if (word(text, "time", when, sizeof when)) {
+        char *end;
+        long long sec = strtoll(when, &end, 10), nsec = 0;
+        if (*end == '.') nsec = strtoll(end + 1, &end, 10);
+        struct timespec ts = {(time_t)sec, (long)nsec};
+        if (*end || sec <= 0 || nsec < 0 || nsec > 999999999 || clock_settime(CLOCK_REALTIME, &ts) != 0) {
+            send_text(s, 'E', "identity: wall clock not set");
+            return;
+        }
     }
     send_text(s, 'N', "ok");
 }

@@ -68,12 +68,20 @@ final class ConsoleInput: @unchecked Sendable {
                 guard n > 0 else {
                     // Host input ended. A serial line has no end-of-file, so
                     // the guest is sent one the way a terminal sends it: ^D,
-                    // again whenever its receive FIFO is empty, so that a
-                    // shell started later (or a FIFO the driver cleared) gets
-                    // it too. `skiff run < /dev/null` then ends like a pipe.
+                    // and again once its FIFO is empty after a driver turned
+                    // the receiver on anew (a shell started later, a FIFO the
+                    // driver cleared). `skiff run < /dev/null` then ends like
+                    // a pipe. Not on a timer: an application that never reads
+                    // its console took one every 500 ms, each an interrupt
+                    // and tty work in the guest's (emulated) kernel mode.
+                    var sentAt: UInt64?
                     while true {
-                        if serial.receiveSpace == Serial8250.rxCapacity { serial.receive([Self.endOfFile]) }
-                        usleep(500_000)
+                        let starts = serial.receiverStartCount
+                        if sentAt != starts && serial.receiveSpace == Serial8250.rxCapacity {
+                            serial.receive([Self.endOfFile])
+                            sentAt = starts
+                        }
+                        usleep(100_000)
                     }
                 }
                 var quit = false

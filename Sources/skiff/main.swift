@@ -349,7 +349,7 @@ func run(_ args: ArraySlice<String>) -> Never {
         // Python's start blocks in getrandom until the kernel's pool is ready
         // (45 s here without a virtio-rng).
         config.rng = true
-        if options.cmdline == nil { config.commandLine += " quiet" }
+        if options.cmdline == nil { config.commandLine += " " + ReadySnapshot.applianceKernelWords }
         appliance.environment += options.environment
         var network: ApplianceRun.GuestNetwork?
         var lease: NetworkLease?
@@ -385,7 +385,12 @@ func run(_ args: ArraySlice<String>) -> Never {
                 restored.disks = config.disks
                 restored.nets = config.nets
                 restored.vsock = v
-                ReadySnapshot.adopt(identity: ReadySnapshot.identity(lease, hostname: name), vsock: v.socketPath, health: health,
+                // The snapshot's own MAC and address, if this lease has them,
+                // are not given again (the guest's network work for them is
+                // a large part of its identity's time here). A lease's MAC
+                // holds its number, and so names its address too.
+                let same = image.configuration.nets.first?.mac == lease.mac
+                ReadySnapshot.adopt(identity: ReadySnapshot.identity(lease, hostname: name, network: !same), vsock: v.socketPath, health: health,
                                     address: lease.address, name: name)
                 launch(restored, snapshot: image, options: options)
             }

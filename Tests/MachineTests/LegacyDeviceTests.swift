@@ -48,6 +48,22 @@ final class LegacyDeviceTests: XCTestCase {
         XCTAssertEqual(inb(uart, 5) & 1, 0)
     }
 
+    /// ConsoleInput re-sends end-of-file only after a driver turns the
+    /// receiver on anew: the count moves on RDA 0 -> 1, not on the THRE
+    /// toggling every transmit does, nor on a write to the divisor latch.
+    func testSerialCountsReceiverStarts() {
+        let uart = Serial8250(irq: CountingLine(), sink: { _ in })
+        XCTAssertEqual(uart.receiverStartCount, 0)
+        out(uart, 1, 0x01)
+        XCTAssertEqual(uart.receiverStartCount, 1)
+        out(uart, 1, 0x03); out(uart, 1, 0x01)
+        XCTAssertEqual(uart.receiverStartCount, 1, "THRE on and off is not a start")
+        out(uart, 3, 0x80); out(uart, 1, 0x00); out(uart, 1, 0x01); out(uart, 3, 0x03)
+        XCTAssertEqual(uart.receiverStartCount, 1, "divisor latch writes are not IER writes")
+        out(uart, 1, 0x00); out(uart, 1, 0x05)
+        XCTAssertEqual(uart.receiverStartCount, 2)
+    }
+
     func testSerialLoopbackAndDivisorLatch() {
         let sink = Collected()
         let uart = Serial8250(irq: CountingLine(), sink: { b in sink.bytes.withLock { $0.append(b) } })

@@ -20,6 +20,10 @@ public final class Serial8250: BusDevice {
     static let lsrDR: UInt8 = 0x01, lsrTHRE: UInt8 = 0x20, lsrTEMT: UInt8 = 0x40
 
     let state = Mutex(Registers())
+    /// Times the guest turned the receive interrupt on (a driver starting
+    /// up, which clears the FIFO first): host input ended is re-sent only
+    /// then, not to a guest that already took it (ConsoleInput).
+    private let receiverStarts = Atomic<UInt64>(0)
     private let irq: any InterruptLine
     private let sink: @Sendable (UInt8) -> Void
 
@@ -42,6 +46,9 @@ public final class Serial8250: BusDevice {
 
     /// Room for host input right now.
     public var receiveSpace: Int { state.withLock { Self.rxCapacity - $0.rx.count } }
+
+    /// How often the receive interrupt was turned on (see receiverStarts).
+    public var receiverStartCount: UInt64 { receiverStarts.load(ordering: .acquiring) }
 
     public func read(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
         guard data.count >= 1 else { return }
@@ -103,6 +110,7 @@ public final class Serial8250: BusDevice {
         case 1 where dlab: s.dlm = v
         case 1:
             let enablingTHRE = v & Self.ierTHRE != 0 && s.ier & Self.ierTHRE == 0
+            if v & Self.ierRDA != 0 && s.ier & Self.ierRDA == 0 { receiverStarts.add(1, ordering: .releasing) }
             s.ier = v & 0x0f
             if enablingTHRE { s.thrEmptyPending = true; return true }
             return s.ier & Self.ierRDA != 0 && !s.rx.isEmpty

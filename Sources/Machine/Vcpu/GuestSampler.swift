@@ -53,6 +53,8 @@ public final class GuestSampler: @unchecked Sendable {
     /// Kicks `threads` until `stopping`, reporting every 200 ms.
     public func start(_ loops: [VcpuLoop], _ threads: [HostThread], stopping: StopFlag) throws {
         let start = Self.nowMs()
+        var first = Array("guest-profile start \(start) (CLOCK_MONOTONIC ms)\n".utf8)
+        _ = first.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
         _ = try HostThread(name: "guest-sampler") { [self] in
             var lastReport = start
             var exitsBefore = loops.map(\.exits)
