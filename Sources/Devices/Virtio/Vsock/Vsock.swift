@@ -41,6 +41,14 @@ public final class Vsock: VirtioDevice {
     /// received within an implementation-specific amount of time, a RST
     /// packet is sent to forcibly disconnect" (virtio 1.2, 5.10.6.6).
     static let handshakeTimeoutNs = 2_000_000_000
+    /// How long a guest may take to answer a host REQUEST. Longer than a
+    /// handshake: a guest whose kernel mode is emulated (PVM hosts), among
+    /// 50 restored at once, took more than 2 s, and resetting its
+    /// connections made each try the host's next one more work for it,
+    /// so that some never took their identity. The host client still
+    /// gives up when it likes; a guest that never answers holds only one
+    /// of `maxConnections` meanwhile.
+    static let requestTimeoutNs = 30_000_000_000
     /// A host client must finish its CONNECT line within this; longer than
     /// a handshake so that one typed by hand (socat) still makes it.
     static let connectLineTimeoutNs = 10_000_000_000

@@ -283,7 +283,7 @@ final class VsockLoop: @unchecked Sendable {
             nextLocalPort = nextLocalPort == UInt32.max ? 1 << 30 : nextLocalPort + 1
         } while connections[key(nextLocalPort, port)] != nil
         let c = VsockConnection(fd: fd, localPort: nextLocalPort, peerPort: port, state: .awaitingGuest)
-        c.deadline = now + Vsock.handshakeTimeoutNs
+        c.deadline = now + Vsock.requestTimeoutNs
         connections[key(c.localPort, c.peerPort)] = c
         send(c, .request)
     }
