@@ -70,16 +70,20 @@ final class ConsoleInput: @unchecked Sendable {
                     // the guest is sent one the way a terminal sends it: ^D,
                     // and again once its FIFO is empty after a driver turned
                     // the receiver on anew (a shell started later, a FIFO the
-                    // driver cleared). `skiff run < /dev/null` then ends like
-                    // a pipe. Not on a timer: an application that never reads
-                    // its console took one every 500 ms, each an interrupt
-                    // and tty work in the guest's (emulated) kernel mode.
+                    // driver cleared), or every 10 s (input a program
+                    // flushed). `skiff run < /dev/null` then ends like a pipe.
+                    // It was every 500 ms: an application that never reads
+                    // its console took two a second, each an interrupt and
+                    // tty work in the guest's (emulated) kernel mode.
                     var sentAt: UInt64?
+                    var quietTicks = 0
                     while true {
                         let starts = serial.receiverStartCount
-                        if sentAt != starts && serial.receiveSpace == Serial8250.rxCapacity {
+                        quietTicks += 1
+                        if (sentAt != starts || quietTicks >= 100) && serial.receiveSpace == Serial8250.rxCapacity {
                             serial.receive([Self.endOfFile])
                             sentAt = starts
+                            quietTicks = 0
                         }
                         usleep(100_000)
                     }

@@ -104,7 +104,7 @@ enum ReadySnapshot {
                 do throws(GuestAgent.Failure) {
                     let agent = try GuestAgent(vsockSocket: vsock, timeoutMs: patienceMs)
                     // The wall clock as of now: the guest's clocks go on from
-                    // the snapshot's moment (kvm-clock, see ApplianceRun).
+                    // the snapshot's moment (kvm-clock: applianceKernelWords).
                     var now = timespec()
                     clock_gettime(CLOCK_REALTIME, &now)
                     let text = identity + " time=\(now.tv_sec).\(now.tv_nsec)"
@@ -145,8 +145,9 @@ enum ReadySnapshot {
     /// (200 ms to connect and 5 s for the answer at first, up to 10 s and
     /// 60 s): one that gave up and asked again at the same pace left the
     /// guest with connections nobody waited for, faster than its emulated
-    /// kernel mode drained them, and with 20 VMs restored at once on these
-    /// 2 cores none became healthy.
+    /// kernel mode drained them (a VM polled so never became healthy), and
+    /// a guest among many restored at once can take longer than any fixed
+    /// limit chosen for one alone.
     static func waitHealthy(_ health: ApplianceRun.Health, address: String, timeoutMs: Int) -> Bool {
         let start = monotonicMs()
         var patience = Patience()

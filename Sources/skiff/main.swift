@@ -386,9 +386,9 @@ func run(_ args: ArraySlice<String>) -> Never {
                 restored.nets = config.nets
                 restored.vsock = v
                 // The snapshot's own MAC and address, if this lease has them,
-                // are not given again (the guest's network work for them is
-                // a large part of its identity's time here). A lease's MAC
-                // holds its number, and so names its address too.
+                // are not given again: changing them to themselves is still
+                // emulated kernel work in the guest. A lease's MAC holds its
+                // number, and so names its address too.
                 let same = image.configuration.nets.first?.mac == lease.mac
                 ReadySnapshot.adopt(identity: ReadySnapshot.identity(lease, hostname: name, network: !same), vsock: v.socketPath, health: health,
                                     address: lease.address, name: name)
