@@ -126,7 +126,10 @@ final class ApplianceImageTests: XCTestCase {
                 http = (try netns(ns, ["curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8080/"])).stdout
             }
             if pong != "+PONG" {
-                pong = (try netns(ns, ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\\r\\n' >&3 && timeout 5 head -c 5 <&3"])).stdout
+                // The connect waits for a VM still booting (the host knows
+                // its MAC and sends the SYN; none comes back until redis
+                // listens), so it gets a limit of its own.
+                pong = (try netns(ns, ["timeout", "10", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\\r\\n' >&3 && timeout 5 head -c 5 <&3"])).stdout
             }
             if !nginx.isRunning || !redis.isRunning { break }
             Thread.sleep(forTimeInterval: 1)
