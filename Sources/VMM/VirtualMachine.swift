@@ -174,7 +174,7 @@ public final class VirtualMachine: @unchecked Sendable {
             threads.append(try HostThread(name: "vcpu\(loop.vcpu.id)") { loop.run() })
         }
         running.withLock { $0 = Array(zip(loops, threads)) }
-        try sampler?.start(loops, threads, stopping: stopping)
+        sampler?.start(loops, threads, stopping: stopping)
         let console = consoleInput.map { ConsoleInput(fd: $0, serial: serial, onQuit: { [unowned self] in self.stop(.consoleQuit) }) }
         try console?.start()
         try Seccomp.lockMainThread(spawnProcesses: mainSpawnsProcesses)

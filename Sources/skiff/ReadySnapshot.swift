@@ -64,13 +64,13 @@ enum ReadySnapshot {
     /// (its own process: its failures end it, not the VM) and renames the
     /// folder into place whole, so a half-made ready snapshot is never used.
     static func takeWhenHealthy(_ health: ApplianceRun.Health, address: String, control: String, into target: String) {
-        let start = monotonicMs()
+        let start = MonotonicClock.ms
         _ = try? HostThread(name: "ready-snapshot") {
             guard waitHealthy(health, address: address, timeoutMs: 600_000) else {
                 FileIO.progress("\(target): the health check never passed; no ready snapshot")
                 return
             }
-            let ready = monotonicMs() - start
+            let ready = MonotonicClock.ms - start
             let parent = String(target[..<(target.lastIndex(of: "/") ?? target.endIndex)])
             let tmp = target + ".tmp\(getpid())"
             // /proc/self/exe: this very binary, even if an upgrade replaced the file meanwhile.
@@ -82,14 +82,14 @@ enum ReadySnapshot {
                 return
             }
             if rename(tmp, target) != 0 { _ = try? Subprocess.run(["rm", "-rf", tmp], quiet: true) } // another run made one first
-            FileIO.progress("healthy after \(ready) ms; ready snapshot \(target) taken in \(monotonicMs() - start - ready) ms")
+            FileIO.progress("healthy after \(ready) ms; ready snapshot \(target) taken in \(MonotonicClock.ms - start - ready) ms")
         }
     }
 
     /// A restored VM: its identity through the agent, then (for the user
     /// and the benchmark) how long from start to healthy.
     static func adopt(identity: String, vsock: String, health: ApplianceRun.Health, address: String, name: String) {
-        let start = monotonicMs()
+        let start = MonotonicClock.ms
         _ = try? HostThread(name: "ready-identity") {
             var lastError = ""
             // Generous: 20 VMs restored at once on these 2 cores took 20-60 s
@@ -99,8 +99,8 @@ enum ReadySnapshot {
             // patient: each abandoned connection is still work for the
             // guest's agent.
             var patienceMs: Int32 = 2_000
-            while monotonicMs() - start < 180_000 {
-                let attempt = monotonicMs()
+            while MonotonicClock.ms - start < 180_000 {
+                let attempt = MonotonicClock.ms
                 do throws(GuestAgent.Failure) {
                     let agent = try GuestAgent(vsockSocket: vsock, timeoutMs: patienceMs)
                     // The wall clock as of now: the guest's clocks go on from
@@ -113,7 +113,7 @@ enum ReadySnapshot {
                     break
                 } catch {
                     lastError = error.description
-                    if monotonicMs() - attempt >= Int(patienceMs) * 9 / 10 { patienceMs = min(patienceMs * 2, 30_000) }
+                    if MonotonicClock.ms - attempt >= Int(patienceMs) * 9 / 10 { patienceMs = min(patienceMs * 2, 30_000) }
                     usleep(5_000)
                 }
             }
@@ -121,9 +121,9 @@ enum ReadySnapshot {
                 FileIO.progress("\(name): the restored VM did not take its identity: \(lastError)")
                 return
             }
-            let identified = monotonicMs() - start
+            let identified = MonotonicClock.ms - start
             if waitHealthy(health, address: address, timeoutMs: 300_000) {
-                FileIO.progress("\(name) restored from its ready snapshot: identity in \(identified) ms, healthy in \(monotonicMs() - start) ms")
+                FileIO.progress("\(name) restored from its ready snapshot: identity in \(identified) ms, healthy in \(MonotonicClock.ms - start) ms")
             } else {
                 FileIO.progress("\(name) restored from its ready snapshot and took its identity in \(identified) ms, but its health check has not passed in 300 s")
             }
@@ -149,9 +149,9 @@ enum ReadySnapshot {
     /// a guest among many restored at once can take longer than any fixed
     /// limit chosen for one alone.
     static func waitHealthy(_ health: ApplianceRun.Health, address: String, timeoutMs: Int) -> Bool {
-        let start = monotonicMs()
+        let start = MonotonicClock.ms
         var patience = Patience()
-        while monotonicMs() - start < timeoutMs {
+        while MonotonicClock.ms - start < timeoutMs {
             switch check(health, address: address, patience) {
             case .passed: return true
             case .outOfTime: patience.double()
@@ -218,11 +218,5 @@ enum ReadySnapshot {
         var reply = timeval(tv_sec: replyTimeoutMs / 1000, tv_usec: (replyTimeoutMs % 1000) * 1000)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &reply, socklen_t(MemoryLayout<timeval>.size))
         return fd
-    }
-
-    static func monotonicMs() -> Int {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
     }
 }

@@ -13,7 +13,7 @@ import Synchronization
 ///     guest-profile +T_MS vcpu0 samples=N user=U exits=E RIP=COUNT ...
 ///
 /// with every kernel RIP the window saw; `scripts/guest-profile`
-/// names them from the kernel's System.map. A diagnostic, off by default.
+/// names them from the kernel's symbols (nm vmlinux). A diagnostic, off by default.
 public final class GuestSampler: @unchecked Sendable {
     struct Window {
         var kernel: [UInt64: Int] = [:]
@@ -50,18 +50,19 @@ public final class GuestSampler: @unchecked Sendable {
         }
     }
 
-    /// Kicks `threads` until `stopping`, reporting every 200 ms.
-    public func start(_ loops: [VcpuLoop], _ threads: [HostThread], stopping: StopFlag) throws {
-        let start = Self.nowMs()
+    /// Kicks `threads` until `stopping`, reporting every 200 ms. A sampler
+    /// that cannot start says so; the VM runs on without it.
+    public func start(_ loops: [VcpuLoop], _ threads: [HostThread], stopping: StopFlag) {
+        let start = MonotonicClock.ms
         var first = Array("guest-profile start \(start) (CLOCK_MONOTONIC ms)\n".utf8)
         _ = first.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
-        _ = try HostThread(name: "guest-sampler") { [self] in
+        let thread = try? HostThread(name: "guest-sampler") { [self] in
             var lastReport = start
             var exitsBefore = loops.map(\.exits)
             while !stopping.isSet {
                 usleep(intervalUs)
                 for thread in threads { thread.signal(SIGUSR1) }
-                let now = Self.nowMs()
+                let now = MonotonicClock.ms
                 guard now - lastReport >= 200 else { continue }
                 lastReport = now
                 let taken = windows.withLock { all in defer { all = Array(repeating: Window(), count: all.count) }; return all }
@@ -76,11 +77,9 @@ public final class GuestSampler: @unchecked Sendable {
                 }
             }
         }
-    }
-
-    static func nowMs() -> Int {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+        if thread == nil {
+            var line = Array("skiff: SKIFF_GUEST_PROFILE: the sampler thread did not start; not sampling\n".utf8)
+            _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+        }
     }
 }

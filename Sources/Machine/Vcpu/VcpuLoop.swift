@@ -24,7 +24,8 @@ public final class VcpuLoop: @unchecked Sendable {
     let onStop: @Sendable (StopReason) -> Void
     /// Completes instructions KVM's emulator lacks (nil: stop on them).
     public let completion: InstructionCompletion?
-    /// Exits handled so far (read after the thread ends).
+    /// Exits handled so far (read after the thread ends, and meanwhile by
+    /// SKIFF_GUEST_PROFILE's sampler: a diagnostic count, not synchronised).
     public private(set) var exits: UInt64 = 0
     /// SKIFF_GUEST_PROFILE's sampler: a kick with nothing else asked is a sample.
     public var sampler: GuestSampler?
