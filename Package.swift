@@ -42,7 +42,9 @@ let package = Package(
         // Completes the instructions KVM's emulator lacks (pure Swift, no KVM).
         .target(name: "X86Emulator"),
         .target(name: "Machine", dependencies: ["KVM", "CKVM", "CSeccomp", "X86Emulator"]),
-        .target(name: "Devices", dependencies: ["Machine", "CKVM"]),
+        // Changed-block maps: written by the VMM, read by the backup client (Foundation-free).
+        .target(name: "BlockTracking"),
+        .target(name: "Devices", dependencies: ["Machine", "CKVM", "BlockTracking"]),
         .target(name: "HostTools"),
         // HMAC-SHA256 for snapshot seals, on Debian's Nettle.
         .target(name: "CCrypto", linkerSettings: [.linkedLibrary("nettle")]),
@@ -50,7 +52,7 @@ let package = Package(
         .target(name: "CJail"),
         .target(name: "Jail", dependencies: ["CJail"]),
         .target(name: "SkiffControl"),
-        .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM", "HostTools", "CCrypto", "SkiffControl"]),
+        .target(name: "VMM", dependencies: ["Devices", "Machine", "KVM", "CKVM", "HostTools", "CCrypto", "SkiffControl", "BlockTracking"]),
         .target(name: "Appliance", dependencies: ["HostTools"]),
         .executableTarget(name: "skiff", dependencies: ["VMM", "Appliance", "HostTools", "Jail", "SkiffControl"]),
         // The REST API's contract (openapi.yaml) and the code generated from
@@ -77,9 +79,24 @@ let package = Package(
             .product(name: "Yams", package: "Yams"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // Debian's libzstd (backup chunks are compressed with it), and syncfs.
+        .target(name: "CBackup", linkerSettings: [.linkedLibrary("zstd")]),
+        // Backup: the chunk format (SHA-256, zstd, AES-256-GCM), the backup
+        // server (`skiff backup-server`) and its client (`skiff backup`).
+        .target(name: "Backup", dependencies: [
+            "CBackup", "BlockTracking", "SkiffControl",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdTLS", package: "hummingbird"),
+            .product(name: "HummingbirdCore", package: "hummingbird"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // skiffd, and the manager's CLI (`skiff ps`, ...) that `skiff` hands over to.
         .executableTarget(name: "skiffd", dependencies: [
-            "Skiffd", "SkiffAPI", "Images",
+            "Skiffd", "SkiffAPI", "Images", "Backup",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "OpenAPIAsyncHTTPClient", package: "swift-openapi-async-http-client"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -95,6 +112,7 @@ let package = Package(
         .testTarget(name: "ApplianceTests", dependencies: ["Appliance"]),
         .testTarget(name: "SkiffTests", dependencies: ["Appliance", "Machine", "SkiffControl"], exclude: ["schemathesis_hooks.py", "fresh_root_install.sh"]),
         .testTarget(name: "SkiffdTests", dependencies: ["Skiffd"]),
+        .testTarget(name: "BackupTests", dependencies: ["Backup", "BlockTracking"]),
         .testTarget(name: "ImagesTests", dependencies: ["Images"]),
     ]
 )

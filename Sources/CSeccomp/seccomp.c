@@ -69,11 +69,16 @@ static const int control_calls[] = {
     // (opened here when not jailed)
     SCMP_SYS(pread64), SCMP_SYS(pwrite64), SCMP_SYS(ftruncate), SCMP_SYS(fdatasync), SCMP_SYS(fsync),
     SCMP_SYS(openat),
+    // backup-begin keeps its own copies of the files the client sent
+    SCMP_SYS(dup),
 };
 // unlink: an unjailed VMM's launcher is this thread, and removes the
-// sockets it bound once the VM has stopped.
+// sockets it bound once the VM has stopped. pwrite, ftruncate, fdatasync:
+// once the VM has stopped, each tracked disk is synced and its
+// changed-block map saved, marked clean.
 static const int main_calls[] = {
     SCMP_SYS(rt_sigtimedwait), SCMP_SYS(unlink), SCMP_SYS(unlinkat),
+    SCMP_SYS(pwrite64), SCMP_SYS(ftruncate), SCMP_SYS(fdatasync),
 };
 
 // ioctl request numbers by role.

@@ -12,7 +12,11 @@ import Glibc
 ///     stats                  -> ok disk_read_bytes=N disk_write_bytes=N disk_read_ops=N
 ///                               disk_write_ops=N net_rx_bytes=N net_tx_bytes=N
 ///                               net_rx_packets=N net_tx_packets=N
-///     version                -> ok skiff-control 1
+///     version                -> ok skiff-control 2
+///     backup-begin           -> ok backup disks=N paused_us=N DISK...
+///                               (a backup's point in time; with three files per
+///                               tracked disk, see ChangeTracker.BackupFiles)
+///     backup-end ok|failed   -> ok backup ended
 ///
 /// Words are separated by spaces. DIR is an absolute path of printable
 /// UTF-8 without spaces; the directory itself travels as a file descriptor
@@ -26,14 +30,18 @@ public enum ControlRequest: Equatable, Sendable {
     case stats
     /// The protocol's version, so a client can tell what it may send.
     case version
+    /// A backup's point in time (the tracked disks' maps taken, their
+    /// copy-before-write begun), and its end.
+    case backupBegin
+    case backupEnd(completed: Bool)
 
-    /// This grammar's version (`version` answers `skiff-control 1`).
-    public static let protocolVersion = 1
+    /// This grammar's version (`version` answers `skiff-control 2`; 2 added backup-begin and backup-end).
+    public static let protocolVersion = 2
 
     /// The longest request line, newline excluded.
     public static let maxLine = 4096
 
-    public static let usage = "status, pause, resume, snapshot DIR [diff], stop, stats, version"
+    public static let usage = "status, pause, resume, snapshot DIR [diff], stop, stats, version, backup-begin, backup-end ok|failed"
 
     /// Parses one line (without its newline).
     public static func parse(_ line: [UInt8]) throws(ControlProtocolError) -> ControlRequest {
@@ -47,6 +55,10 @@ public enum ControlRequest: Equatable, Sendable {
         case (Array("stop".utf8), 1): return .stop
         case (Array("stats".utf8), 1): return .stats
         case (Array("version".utf8), 1): return .version
+        case (Array("backup-begin".utf8), 1): return .backupBegin
+        case (Array("backup-end".utf8), 2):
+            if Array(words[1]) == Array("ok".utf8) { return .backupEnd(completed: true) }
+            if Array(words[1]) == Array("failed".utf8) { return .backupEnd(completed: false) }
         case (Array("snapshot".utf8), 2), (Array("snapshot".utf8), 3):
             if words.count == 3 { guard Array(words[2]) == Array("diff".utf8) else { break } }
             let directory = try Self.directory(Array(words[1]))
@@ -75,6 +87,8 @@ public enum ControlRequest: Equatable, Sendable {
         case .stop: return Array("stop\n".utf8)
         case .stats: return Array("stats\n".utf8)
         case .version: return Array("version\n".utf8)
+        case .backupBegin: return Array("backup-begin\n".utf8)
+        case .backupEnd(let completed): return Array("backup-end \(completed ? "ok" : "failed")\n".utf8)
         case .snapshot(let directory, let diff): return Array("snapshot \(directory)\(diff ? " diff" : "")\n".utf8)
         }
     }

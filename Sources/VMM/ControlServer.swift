@@ -181,6 +181,28 @@ private struct ServeLoop {
                     }
                 }
                 return .ok(try machine.snapshot(to: directory, files: SnapshotFiles(memory: fds[0], state: fds[1], seal: fds[2]), diff: diff))
+            case .backupBegin:
+                // Three files per tracked disk, made by the client (as for a snapshot).
+                let n = 3 * machine.changeTrackers.count
+                guard n > 0 else { return .error("backup-begin: no disk of this VM is tracked (--disk PATH,cbt)") }
+                guard c.descriptors.count >= n else {
+                    return .error("backup-begin: \(machine.changeTrackers.count) tracked disks need \(n) files with the request, \(c.descriptors.count) came")
+                }
+                let fds = Array(c.descriptors.prefix(n))
+                c.descriptors.removeFirst(n)
+                defer { fds.forEach { _ = close($0) } }
+                for fd in fds {
+                    var st = stat()
+                    guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size == 0 else {
+                        return .error("backup-begin: the files sent are not new empty files")
+                    }
+                }
+                let files = stride(from: 0, to: n, by: 3).map { ChangeTracker.BackupFiles(copies: fds[$0], copied: fds[$0 + 1], changed: fds[$0 + 2]) }
+                return .ok(try machine.beginBackup(files))
+            case .backupEnd(let completed):
+                let ended = machine.changeTrackers.map { $0.endBackup(completed: completed) }
+                guard ended.contains(true) else { return .error("backup-end: no backup is open") }
+                return .ok("backup ended")
             }
         } catch let e as ControlProtocolError {
             return .error(e.description)

@@ -1,3 +1,4 @@
+import BlockTracking
 import Devices
 import Glibc
 import KVM
@@ -14,6 +15,8 @@ public final class HostResources: @unchecked Sendable {
     public let initrd: (path: String, bytes: [UInt8])?
     /// One fd per configured disk, TAP, and the listening sockets.
     public let disks: [Int32]
+    /// Each disk's changed-block map, if it is tracked.
+    public let changeMaps: [ChangedBlockMapFile?]
     public let taps: [(fd: Int32, name: String)]
     public let vsockListener: Int32?
     public let controlListener: Int32?
@@ -48,10 +51,12 @@ public final class HostResources: @unchecked Sendable {
         kvm = try KVMSystem.open(config.kvmPath)
         opened.append(kvm)
         var disks: [Int32] = []
+        var maps: [ChangedBlockMapFile?] = []
         for d in config.disks {
             let fd = try Block.open(d)
             opened.append(fd)
             disks.append(fd)
+            maps.append(try Block.openChangeMap(d))
         }
         var taps: [(fd: Int32, name: String)] = []
         for n in config.nets {
@@ -75,6 +80,7 @@ public final class HostResources: @unchecked Sendable {
             controlListener = fd
         }
         self.disks = disks
+        self.changeMaps = maps
         self.taps = taps
         self.vsockListener = vsockListener
         self.controlListener = controlListener
@@ -84,7 +90,7 @@ public final class HostResources: @unchecked Sendable {
 
     /// The descriptors a jailed VMM keeps.
     public var descriptors: [Int32] {
-        [kvm] + disks + taps.map(\.fd) + [vsockListener, controlListener].compactMap { $0 }
+        [kvm] + disks + changeMaps.compactMap { $0?.fd } + taps.map(\.fd) + [vsockListener, controlListener].compactMap { $0 }
     }
 
     /// Closes this process's copies (a launcher, once the VMM has them).

@@ -197,6 +197,7 @@ public final class VirtualMachine: @unchecked Sendable {
         for thread in threads { thread.join() }
         running.withLock { $0 = [] }
         for transport in virtio { transport.device.reset() } // stop device threads
+        for transport in virtio { (transport.device as? Block)?.tracker?.close() } // maps saved clean
         console?.restoreTerminal()
         _ = try? transition(.end)
         return stopReason.withLock { $0 } ?? .kvmError("stopped without a reason")
@@ -215,7 +216,7 @@ extension VirtualMachine {
         var transports: [MMIOTransport] = []
         var devices: [(any VirtioDevice, String)] = []
         for (i, (disk, fd)) in zip(config.disks, resources.disks).enumerated() {
-            devices.append((try Block(disk, fd: fd), "virtio-blk \(disk.path) (vd\(Character(UnicodeScalar(UInt8(97 + i)))))"))
+            devices.append((try Block(disk, fd: fd, changeMap: resources.changeMaps[i]), "virtio-blk \(disk.path) (vd\(Character(UnicodeScalar(UInt8(97 + i)))))"))
         }
         for (n, tap) in zip(config.nets, resources.taps) {
             devices.append((Net(n, tap: tap.fd, interfaceName: tap.name), "virtio-net tap \(tap.name)"))

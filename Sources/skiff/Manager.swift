@@ -16,6 +16,8 @@ enum Manager {
            skiff usage [--format table|csv|json] | events [-f]
     Appliances and images:
            skiff appliance build SPEC | image ls | inspect IMAGE | rm IMAGE... | gc
+    Backups (to a backup server; `skiff backup --help`):
+           skiff backup create|restore|ls|verify|prune|rm|gc|key   skiff backup-server
     """
 
     static func handOver(_ args: ArraySlice<String>) -> Never {

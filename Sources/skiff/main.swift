@@ -13,7 +13,7 @@ let usage = """
 usage: skiff run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--append TEXT]...
                  [--cpus N]
                  [--memory MIB] [--cpu-template host|pvm]
-                 [--disk PATH[,ro][,id=NAME][,direct]]... [--rng]
+                 [--disk PATH[,ro][,id=NAME][,direct][,cbt]]... [--rng]
                  [--net tap=NAME[,mac=MAC][,host=ADDR/PREFIX][,bridge=BR][,nat]]...
                  [--vsock cid=N,socket=PATH]
                  [--balloon [size=MIB][,no-deflate-on-oom][,no-reporting]]
@@ -234,8 +234,9 @@ extension RunOptions {
         for p in parts.dropFirst() {
             if p == "ro" { options.readOnly = true }
             else if p == "direct" { options.direct = true }
+            else if p == "cbt" { options.changeTracking = true }
             else if p.hasPrefix("id=") { options.id = String(p.dropFirst(3)) }
-            else { throw ConfigurationError("--disk \(spec): unknown option '\(p)' (ro, id=NAME, direct)") }
+            else { throw ConfigurationError("--disk \(spec): unknown option '\(p)' (ro, id=NAME, direct, cbt)") }
         }
         return options
     }
@@ -472,7 +473,7 @@ case "status",
      "snapshot" where isSocketPath(args):
     ControlClient.main(args) // a VM's control socket, by path
 case "ps", "create", "start", "stop", "kill", "pause", "resume", "rm", "logs", "inspect", "snapshot", "usage", "events", "attach",
-     "appliance", "image":
+     "appliance", "image", "backup", "backup-server":
     Manager.handOver(args)
 
 case "kernel":

@@ -14,7 +14,7 @@ struct SkiffCLI: AsyncParsableCommand {
         version: "skiff \(cliVersion)",
         subcommands: [PS.self, Create.self, Start.self, Stop.self, Kill.self, Pause.self, Resume.self, Remove.self, Logs.self,
                       Inspect.self, Snapshot.self, CloneVM.self, Usage.self, Events.self, AttachCommand.self,
-                      ApplianceCommand.self, ImageCommand.self])
+                      ApplianceCommand.self, ImageCommand.self, BackupCommand.self, BackupServerCommand.self])
 }
 
 let cliVersion = "0.10.0"

@@ -76,6 +76,40 @@ extension VirtualMachine {
         }
     }
 
+    /// The disks whose changes are tracked, in the configuration's order.
+    public var changeTrackers: [ChangeTracker] { virtio.compactMap { ($0.device as? Block)?.tracker } }
+
+    /// A backup's point in time: the VM is paused (vCPUs between two
+    /// instructions, devices between two requests) while each tracked
+    /// disk's map is taken and its copy-before-write begins, then runs on.
+    /// All disks are taken at one moment, so together they are
+    /// crash-consistent. Returns the reply's text.
+    public func beginBackup(_ files: [ChangeTracker.BackupFiles]) throws(ControlError) -> String {
+        let trackers = changeTrackers
+        guard files.count == trackers.count else { throw ControlError("backup-begin: \(trackers.count) tracked disks, \(files.count) sets of files") }
+        guard case .snapshotting(let resumeAfter) = try transition(.snapshot) else { throw ControlError("not snapshotting") }
+        let t0 = MonotonicClock.ns
+        if resumeAfter {
+            do { try park() } catch { _ = try? transition(.snapshotDone); throw error }
+        }
+        var paused: UInt64 = 0
+        defer {
+            if (try? transition(.snapshotDone)) == .running {
+                try? resumeDevices()
+                pauseGate.resume()
+            }
+        }
+        var words: [String] = []
+        for (i, (tracker, f)) in zip(trackers, files).enumerated() {
+            do { words.append("disk\(i):" + (try tracker.beginBackup(f))) } catch {
+                for t in trackers.prefix(i) { _ = t.endBackup(completed: false) }
+                throw ControlError("\(error)")
+            }
+        }
+        paused = UInt64(MonotonicClock.ns - t0) / 1000
+        return "backup disks=\(trackers.count) paused_us=\(paused) " + words.joined(separator: " ")
+    }
+
     /// Writes a snapshot into `files`, which the client made in `directory`
     /// (a jailed VMM can open no host path; the client's permissions decide
     /// where a snapshot may go, and it moves them into place): the full

@@ -1,3 +1,4 @@
+import BlockTracking
 import CKVM
 import Glibc
 import Machine
@@ -14,7 +15,12 @@ public final class Block: VirtioDevice {
         public var readOnly = false
         public var id: String?
         public var direct = false
+        /// Track changed blocks in `path.cbt` (created if missing). A disk
+        /// whose map file exists is tracked whether or not this is set, so a
+        /// later run or restore cannot change it unseen.
+        public var changeTracking = false
         public init(path: String) { self.path = path }
+        public var changeMapPath: String { path + ".cbt" }
     }
 
     enum Feature {
@@ -36,6 +42,8 @@ public final class Block: VirtioDevice {
     let fd: Int32
     let config: [UInt8]
     private let worker = WorkerSlot()
+    /// Changed-block tracking (a read-write disk with a map, `DISK.cbt`).
+    public let tracker: ChangeTracker?
 
     /// Opens the disk as `options` asks, for whoever has the privilege
     /// (a jailed VMM gets the file descriptor).
@@ -47,8 +55,16 @@ public final class Block: VirtioDevice {
         return fd
     }
 
-    /// A disk on `fd` (from `open`; closed with the device).
-    public init(_ options: Options, fd: Int32) throws(BlockError) {
+    /// The disk's changed-block map, opened (and locked) if it is tracked:
+    /// read-write, and asked for or already there.
+    public static func openChangeMap(_ options: Options) throws(BlockError) -> ChangedBlockMapFile? {
+        guard !options.readOnly, options.changeTracking || access(options.changeMapPath, F_OK) == 0 else { return nil }
+        do { return try ChangedBlockMapFile(path: options.changeMapPath) } catch { throw BlockError("disk \(options.path): \(error.description)") }
+    }
+
+    /// A disk on `fd` (from `open`; closed with the device), its writes
+    /// tracked in `changeMap` if one is given.
+    public init(_ options: Options, fd: Int32, changeMap: ChangedBlockMapFile? = nil) throws(BlockError) {
         self.options = options
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG || st.st_mode & S_IFMT == S_IFBLK else {
@@ -65,6 +81,12 @@ public final class Block: VirtioDevice {
         let size = UInt64(end)
         self.fd = fd
         capacitySectors = size / BlockRequest.sectorSize
+        do {
+            tracker = try changeMap.map { m throws(BlockError) in try ChangeTracker(file: m, disk: fd, diskBytes: size) }
+        } catch {
+            close(fd)
+            throw error
+        }
         if let id = options.id, id.utf8.count > BlockRequest.idLength {
             close(fd)
             throw BlockError("disk \(options.path): id '\(id)' is longer than \(BlockRequest.idLength) bytes")
@@ -156,12 +178,15 @@ public final class Block: VirtioDevice {
         case .write:
             guard !options.readOnly else { return .ioError }
             guard r.fits(capacitySectors: capacitySectors) else { return .ioError }
-            var position = off_t(r.sector * BlockRequest.sectorSize)
-            var ok = true
-            readable.visit(offset: BlockRequest.headerSize, count: r.dataLength) { p, n in
-                guard ok else { return }
-                ok = fullIO(n) { done in pwrite(fd, p + done, n - done, position + off_t(done)) }
-                position += off_t(n)
+            let ok = tracked(r.sector * BlockRequest.sectorSize, r.dataLength) {
+                var position = off_t(r.sector * BlockRequest.sectorSize)
+                var ok = true
+                readable.visit(offset: BlockRequest.headerSize, count: r.dataLength) { p, n in
+                    guard ok else { return }
+                    ok = fullIO(n) { done in pwrite(fd, p + done, n - done, position + off_t(done)) }
+                    position += off_t(n)
+                }
+                return ok
             }
             if ok { counters.wrote(r.dataLength) }
             return ok ? .ok : .ioError
@@ -184,13 +209,21 @@ public final class Block: VirtioDevice {
             guard s.sector <= capacitySectors, UInt64(s.count) <= capacitySectors - s.sector, s.count <= limit else { return .ioError }
             let start = off_t(s.sector * BlockRequest.sectorSize), length = off_t(UInt64(s.count) * BlockRequest.sectorSize)
             let mode = kind == .discard || s.flags & 1 != 0 ? CKVM_FALLOC_PUNCH_HOLE | CKVM_FALLOC_KEEP_SIZE : CKVM_FALLOC_ZERO_RANGE
-            if ckvm_fallocate(fd, mode, start, length) != 0 {
+            let ok = tracked(UInt64(start), UInt64(length)) {
+                guard ckvm_fallocate(fd, mode, start, length) != 0 else { return true }
                 // Discard is advisory; write-zeroes must zero, by hand if
                 // need be (at most maxWriteZeroesSectors, checked above).
-                if kind == .writeZeroes && !writeZeroes(at: start, length: length) { return .ioError }
+                return kind == .discard || writeZeroes(at: start, length: length)
             }
-            return .ok
+            return ok ? .ok : .ioError
         }
+    }
+
+    /// A change to the disk, marked in its map if it has one.
+    @inline(__always)
+    func tracked(_ offset: UInt64, _ length: UInt64, _ change: () -> Bool) -> Bool {
+        guard let tracker else { return change() }
+        return tracker.writing(offset: offset, length: length, change)
     }
 
     func writeZeroes(at start: off_t, length: off_t) -> Bool {

@@ -1,0 +1,132 @@
+import CBackup
+import Foundation
+import Glibc
+
+/// The server's chunks on disk, one file per digest under
+/// `DIR/chunks/XY/` (XY: the digest's first byte). A chunk is written to
+/// `DIR/tmp` and renamed into place, so a reader or a server killed
+/// midway never sees half of one; durability comes from one syncfs before
+/// a manifest that needs the chunks is written (as PBS does by default),
+/// not an fsync per chunk. A chunk's mtime is the last time a backup or a
+/// garbage collection said it is needed: collection removes those older
+/// than its own start (and than the oldest running backup).
+public final class ChunkStore: Sendable {
+    public let root: String
+    let chunks: String
+    let tmp: String
+
+    public init(root: String) throws {
+        self.root = root
+        chunks = root + "/chunks"
+        tmp = root + "/tmp"
+        for d in [root, chunks, tmp, root + "/hosts"] { try Self.makeDirectory(d) }
+        for i in 0..<256 { try Self.makeDirectory(chunks + "/" + ChunkDigest.hexString([UInt8(i)])) }
+    }
+
+    static func makeDirectory(_ path: String) throws {
+        guard mkdir(path, 0o700) == 0 || errno == EEXIST else { throw BackupError.failed("\(path): \(String(cString: strerror(errno)))") }
+    }
+
+    func path(_ d: ChunkDigest) -> String {
+        let hex = d.hex
+        return chunks + "/" + hex.prefix(2) + "/" + hex
+    }
+
+    public func exists(_ d: ChunkDigest) -> Bool { access(path(d), F_OK) == 0 }
+
+    /// Marks the chunk as needed now; false if it is not stored.
+    @discardableResult
+    public func touch(_ d: ChunkDigest) -> Bool { utimensat(AT_FDCWD, path(d), nil, 0) == 0 }
+
+    /// The stored blob (at most Chunk.maxBlobBytes are read).
+    public func read(_ d: ChunkDigest) throws -> [UInt8] {
+        let fd = open(path(d), O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw errno == ENOENT ? BackupError.notFound("chunk \(d.hex) is missing from the store") : BackupError.failed("chunk \(d.hex): \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_size <= Chunk.maxBlobBytes else { throw BackupError.failed("chunk \(d.hex): larger than any chunk") }
+        var blob = [UInt8](repeating: 0, count: Int(st.st_size))
+        var done = 0
+        while done < blob.count {
+            let n = blob.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(done)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw BackupError.failed("chunk \(d.hex): short read") }
+            done += n
+        }
+        return blob
+    }
+
+    /// Writes a blob (already verified) to a temporary file, to be put in
+    /// place by `place` (which the repository does in its actor, so that a
+    /// collection cannot remove a chunk between a backup's use of it and
+    /// its touch).
+    public func stage(_ d: ChunkDigest, _ blob: [UInt8]) throws -> String {
+        let name = tmp + "/" + d.hex + "." + String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        let fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw BackupError.failed("storing chunk \(d.hex): \(String(cString: strerror(errno)))") }
+        var done = 0
+        while done < blob.count {
+            let n = blob.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                let e = String(cString: strerror(errno)); close(fd); unlink(name)
+                throw BackupError.failed("storing chunk \(d.hex): \(e)")
+            }
+            done += n
+        }
+        close(fd)
+        return name
+    }
+
+    /// Puts a staged chunk in place; one stored already is kept, and touched.
+    public func place(_ d: ChunkDigest, staged: String) throws {
+        if touch(d) { unlink(staged); return }
+        guard rename(staged, path(d)) == 0 else {
+            let e = String(cString: strerror(errno)); unlink(staged)
+            throw BackupError.failed("storing chunk \(d.hex): \(e)")
+        }
+    }
+
+    /// The chunk's mtime in seconds, if it is stored.
+    public func mtime(_ d: ChunkDigest) -> Int? {
+        var st = stat()
+        return lstat(path(d), &st) == 0 ? st.st_mtim.tv_sec : nil
+    }
+
+    public func remove(_ d: ChunkDigest) { unlink(path(d)) }
+
+    /// Everything written so far reaches the disk (before a manifest that needs it).
+    public func sync() throws {
+        let fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw BackupError.failed("\(root): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        guard cbackup_syncfs(fd) == 0 else { throw BackupError.failed("syncfs \(root): \(String(cString: strerror(errno)))") }
+    }
+
+    /// Every stored chunk with its mtime (seconds) and size on disk.
+    public func all() -> [(digest: ChunkDigest, mtime: Int, bytes: Int64)] {
+        var out: [(ChunkDigest, Int, Int64)] = []
+        for i in 0..<256 {
+            let dir = chunks + "/" + ChunkDigest.hexString([UInt8(i)])
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { continue }
+            for n in names {
+                guard let d = ChunkDigest(hex: n) else { continue }
+                var st = stat()
+                if lstat(dir + "/" + n, &st) == 0 { out.append((d, st.st_mtim.tv_sec, Int64(st.st_blocks) * 512)) }
+            }
+        }
+        return out
+    }
+
+    /// Leftovers of writes a killed server did not finish.
+    public func removeTemporaries(olderThan seconds: Int) {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: tmp)) ?? []
+        let now = time(nil)
+        for n in names {
+            var st = stat()
+            if lstat(tmp + "/" + n, &st) == 0, now - st.st_mtim.tv_sec > seconds { unlink(tmp + "/" + n) }
+        }
+    }
+}

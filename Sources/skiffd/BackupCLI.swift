@@ -1,0 +1,197 @@
+import ArgumentParser
+import Backup
+import Foundation
+
+/// `skiff backup-server`: the chunk store (its own process; `Backup.BackupServer`).
+struct BackupServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backup-server",
+        abstract: "Serve a backup store: deduplicated chunks shared by hosts, each host seeing only its own backups.",
+        discussion: "TOKENS has one `HOST TOKEN` line per host. Without TLS the server listens on loopback only.")
+
+    @Option(help: "The store's directory.") var dir = "/var/lib/skiff/backup"
+    @Option(help: "HOST:PORT to listen on.") var listen = "127.0.0.1:8420"
+    @Option(help: "The tokens file (`HOST TOKEN` per line).") var tokens: String
+    @Option(help: "TLS: the server's certificate chain (PEM).") var tlsCert: String?
+    @Option(help: "TLS: the server's private key (PEM).") var tlsKey: String?
+
+    func run() async throws {
+        var o = BackupServer.Options()
+        o.directory = URL(fileURLWithPath: dir).path
+        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
+            throw ValidationError("--listen \(listen): give HOST:PORT")
+        }
+        o.host = String(listen[..<colon])
+        o.port = port
+        o.tokenFile = tokens
+        o.tlsCertificate = tlsCert
+        o.tlsKey = tlsKey
+        do { try await BackupServer.run(o) } catch { throw CLIError("\(error)") }
+    }
+}
+
+/// Where the backup server is, and this host's token.
+struct BackupServerOptions: ParsableArguments {
+    @Option(help: "The backup server, http(s)://HOST:PORT (default: $SKIFF_BACKUP_SERVER).") var server: String?
+    @Option(help: "A file holding this host's token (default: $SKIFF_BACKUP_TOKEN_FILE).") var tokenFile: String?
+    @Option(help: "For https: the CA certificate (PEM) to trust.") var caCert: String?
+
+    func connect() throws -> ServerConnection {
+        let env = ProcessInfo.processInfo.environment
+        guard let url = server ?? env["SKIFF_BACKUP_SERVER"] else { throw CLIError("give --server URL (or set SKIFF_BACKUP_SERVER)") }
+        guard let file = tokenFile ?? env["SKIFF_BACKUP_TOKEN_FILE"] else { throw CLIError("give --token-file FILE (or set SKIFF_BACKUP_TOKEN_FILE)") }
+        guard let token = try? String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines), !token.isEmpty else {
+            throw CLIError("--token-file \(file): cannot read a token from it")
+        }
+        do { return try ServerConnection(.init(url: url, token: token, caCertificate: caCert)) } catch { throw CLIError("\(error)") }
+    }
+}
+
+func withServer<T>(_ o: BackupServerOptions, _ body: (ServerConnection) async throws -> T) async throws -> T {
+    let c = try o.connect()
+    do {
+        let r = try await body(c)
+        await c.close()
+        return r
+    } catch {
+        await c.close()
+        if error is CLIError || error is ExitCode { throw error }
+        throw CLIError("\(error)")
+    }
+}
+
+struct BackupCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backup",
+        abstract: "Back VMs up to a backup server: incremental (changed-block maps), deduplicated, optionally encrypted.",
+        subcommands: [Create.self, Restore.self, List.self, Verify.self, Prune.self, Remove.self, Collect.self, Key.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Back up a VM's disks.",
+            discussion: """
+            A stopped VM's disks are read as they are; a running one's through --control-socket, which pauses it for the \
+            moment its disks' changed-block maps are taken (crash-consistent) while the backup reads a frozen view. \
+            Disks tracked with `--disk PATH,cbt` (or backed up once) are backed up incrementally.
+            """)
+        @OptionGroup var server: BackupServerOptions
+        @Option(help: "The VM's name (backups are grouped by it).") var vm: String
+        @Option(help: "A disk image (repeat for each, in the VM's order).") var disk: [String]
+        @Option(help: "The running VM's control socket.") var controlSocket: String?
+        @Option(help: "Encrypt chunks with this key (skiff backup key FILE).") var keyFile: String?
+        @Option(help: "Where a running VM's copy-before-write files go (default: beside the first disk).") var workDir: String?
+        @Flag(help: "Print the report as JSON.") var json = false
+
+        func run() async throws {
+            guard !disk.isEmpty else { throw ValidationError("give at least one --disk") }
+            var o = DiskBackup.Options(vm: vm, disks: disk.map { URL(fileURLWithPath: $0).path })
+            o.controlSocket = controlSocket
+            o.workDirectory = workDir
+            o.key = try keyFile.map { f in do { return try BackupKey.load(f) } catch { throw CLIError("\(error)") } }
+            let r = try await withServer(server) { try await DiskBackup.run(o, server: $0) }
+            if json { try printJSON(r); return }
+            for n in r.notes { FileHandle.standardError.write(Data("skiff: \(n)\n".utf8)) }
+            print("backup \(r.id) of \(r.vm): \(r.mode), \(r.consistency)\(r.pausedMs.map { String(format: ", paused %.1f ms", $0) } ?? "")")
+            print(String(format: "read %.1f MiB in %d chunks, sent %.1f MiB in %d new chunks, %.2f s", Double(r.bytesRead) / 1048576, r.chunksRead,
+                         Double(r.bytesSent) / 1048576, r.newChunks, r.seconds))
+        }
+    }
+
+    struct Restore: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Restore a backup's disks to image files.")
+        @OptionGroup var server: BackupServerOptions
+        @Argument(help: "The backup's id (skiff backup ls).") var id: String
+        @Option(help: "Where each disk goes (repeat for each, in order).") var diskOutput: [String]
+        @Option(help: "The key the backup was encrypted with.") var keyFile: String?
+        @Flag(help: "Replace output files that exist.") var force = false
+        @Flag(help: "Print the report as JSON.") var json = false
+
+        func run() async throws {
+            let key = try keyFile.map { f in do { return try BackupKey.load(f) } catch { throw CLIError("\(error)") } }
+            let r = try await withServer(server) {
+                try await DiskRestore.run(id: id, outputs: diskOutput.map { URL(fileURLWithPath: $0).path }, key: key, overwrite: force, server: $0)
+            }
+            if json { try printJSON(r); return }
+            print(String(format: "restored %@ to %@: %.1f MiB written, %.1f MiB fetched, %.2f s", r.id, r.disks.joined(separator: ", "),
+                         Double(r.bytesWritten) / 1048576, Double(r.bytesFetched) / 1048576, r.seconds))
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List this host's backups.")
+        @OptionGroup var server: BackupServerOptions
+        @Option(help: "Only this VM's.") var vm: String?
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let list = try await withServer(server) { try await $0.list(vm: vm) }
+            if json { try printJSON(list); return }
+            table([["ID", "VM", "CREATED", "DISKS", "SIZE", "CHUNKS", "CONSISTENCY", "ENCRYPTED"]] + list.map { b in
+                [b.id, b.vm, age(b.createdAt), "\(b.disks)", String(format: "%.1f GiB", Double(b.bytes) / 1073741824), "\(b.chunks)",
+                 b.consistency, b.encrypted ? "yes" : "no"]
+            })
+        }
+    }
+
+    struct Verify: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Check every chunk of this host's backups; name the damaged ones and the backups they break (exit 1).")
+        @OptionGroup var server: BackupServerOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let r = try await withServer(server) { try await $0.verify() }
+            if json { try printJSON(r) } else {
+                for b in r.broken { print("chunk \(b.chunk): \(b.problem); breaks \(b.backups.joined(separator: ", "))") }
+                print("\(r.checked) chunks checked, \(r.broken.count) damaged")
+            }
+            if !r.broken.isEmpty { throw ExitCode(1) }
+        }
+    }
+
+    struct Prune: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove backups a retention policy does not keep (their chunks go at the next gc).")
+        @OptionGroup var server: BackupServerOptions
+        @Option(help: "Only this VM's backups.") var vm: String?
+        @Option var keepLast = 0
+        @Option var keepDaily = 0
+        @Option var keepWeekly = 0
+        @Option var keepMonthly = 0
+        @Flag(help: "Say what would go, remove nothing.") var dryRun = false
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let keep = Retention(last: keepLast, daily: keepDaily, weekly: keepWeekly, monthly: keepMonthly)
+            let r = try await withServer(server) { try await $0.prune(vm: vm, keep: keep, dryRun: dryRun) }
+            if json { try printJSON(r); return }
+            for id in r.removed { print("\(dryRun ? "would remove" : "removed") \(id)") }
+            print("kept \(r.kept.count), \(dryRun ? "would remove" : "removed") \(r.removed.count)")
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove backups (their chunks go at the next gc).")
+        @OptionGroup var server: BackupServerOptions
+        @Argument var ids: [String]
+        func run() async throws {
+            try await withServer(server) { s in for id in ids { try await s.delete(id); print("removed \(id)") } }
+        }
+    }
+
+    struct Collect: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "gc", abstract: "Remove chunks no backup holds (safe while backups run).")
+        @OptionGroup var server: BackupServerOptions
+        func run() async throws {
+            let r = try await withServer(server) { try await $0.collect() }
+            print(String(format: "%d chunks kept, %d removed, %.1f MiB freed", r.kept, r.removed, Double(r.freedBytes) / 1048576))
+        }
+    }
+
+    struct Key: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Make a new random backup key (keep a copy: without it the backups cannot be read).")
+        @Argument(help: "The key file to create (mode 0600).") var file: String
+        func run() async throws {
+            do { try BackupKey.create(file) } catch { throw CLIError("\(error)") }
+            print("key \(try BackupKey.load(file).fingerprint) in \(file)")
+        }
+    }
+}
