@@ -64,7 +64,7 @@ struct BackupCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backup",
         abstract: "Back VMs up to a backup server: incremental (changed-block maps), deduplicated, optionally encrypted.",
-        subcommands: [Create.self, Restore.self, List.self, Verify.self, Prune.self, Remove.self, Collect.self, Key.self])
+        subcommands: [Create.self, Restore.self, List.self, Files.self, Verify.self, Prune.self, Remove.self, Collect.self, Key.self])
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -133,6 +133,49 @@ struct BackupCommand: AsyncParsableCommand {
         }
     }
 
+    struct Files: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List a directory of a backed-up ext4 disk, or copy a file out of it, without booting or restoring it.",
+            discussion: "Only the chunks the filesystem's structures and the file need are fetched (and checked).")
+        @OptionGroup var server: BackupServerOptions
+        @Argument(help: "The backup's id.") var id: String
+        @Argument(help: "An absolute path in the disk's filesystem.") var path = "/"
+        @Option(help: "Which disk of the backup (0 is the first).") var disk = 0
+        @Option(help: "Copy the file here (- for standard output) instead of listing.") var output: String?
+        @Option(help: "The key the backup was encrypted with.") var keyFile: String?
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let key = try keyFile.map { f in do { return try BackupKey.load(f) } catch { throw CLIError("\(error)") } }
+            try await withServer(server) { s in
+                let m = try await s.manifest(id)
+                try m.validate()
+                guard m.disks.indices.contains(disk) else { throw CLIError("backup \(id) has \(m.disks.count) disks; --disk \(disk)") }
+                guard m.keyFingerprint == key?.fingerprint else { throw CLIError(m.keyFingerprint == nil ? "backup \(id) is not encrypted: leave out --key-file" : "backup \(id) is encrypted: give its --key-file") }
+                let source = ChunkedDisk(m.disks[disk], key: key, server: s)
+                let fs = try await Ext4.open(size: m.disks[disk].bytes) { offset, count in try await source.read(offset, count) }
+                if let output {
+                    let bytes = try await fs.file(path)
+                    if output == "-" { FileHandle.standardOutput.write(Data(bytes)) } else {
+                        guard FileManager.default.createFile(atPath: output, contents: Data(bytes)) else { throw CLIError("\(output): cannot write it") }
+                        FileHandle.standardError.write(Data("skiff: \(path): \(bytes.count) bytes to \(output) (\(await source.fetched) chunks fetched)\n".utf8))
+                    }
+                    return
+                }
+                let entries = try await fs.list(path)
+                if json {
+                    struct E: Encodable { var name: String; var kind: String; var size: UInt64; var mode: String }
+                    try printJSON(entries.map { E(name: $0.name, kind: $0.kind.rawValue, size: $0.size, mode: String($0.mode & 0o7777, radix: 8)) })
+                } else {
+                    for e in entries {
+                        let k = e.kind == .directory ? "d" : e.kind == .symlink ? "l" : e.kind == .file ? "-" : "?"
+                        print("\(k)\(String(e.mode & 0o7777, radix: 8).leftPadded(4, "0"))  \(String(e.size).leftPadded(12, " "))  \(e.name)")
+                    }
+                }
+            }
+        }
+    }
+
     struct Verify: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Check every chunk of this host's backups; name the damaged ones and the backups they break (exit 1).")
         @OptionGroup var server: BackupServerOptions
@@ -194,4 +237,8 @@ struct BackupCommand: AsyncParsableCommand {
             print("key \(try BackupKey.load(file).fingerprint) in \(file)")
         }
     }
+}
+
+extension String {
+    func leftPadded(_ n: Int, _ pad: Character) -> String { count >= n ? self : String(repeating: pad, count: n - count) + self }
 }
