@@ -40,8 +40,12 @@
  *       'N' "ok" or 'E' why.
  *   's' shutdown: SIGTERM to the application (SIGKILL after 10 s); the VM
  *       then resets as when it ends by itself; 'S' "ok".
- *   'f' freeze / 't' thaw the application root's filesystem (FIFREEZE):
- *       'F' "ok" or 'E' why.
+ *   'f' freeze every filesystem mounted from a block device (FIFREEZE,
+ *       newest mount first), for a backup's point in time: 'F' "frozen N"
+ *       or 'E' why; they stay frozen until the host sends anything or
+ *       closes the connection, and 10 s at most (a host that died must not
+ *       leave the guest's writes blocked), then are thawed.
+ *   't' thaw them now (FITHAW): 'F' "thawed N".
  *   'w' write a file: path NUL mode (octal text) NUL, then 'd' data frames,
  *       'd' empty at the end; 'W' "ok" or 'E'.
  *   'r' read a file: path; 'd' data frames, 'd' empty at the end, or 'E'.
@@ -381,17 +385,50 @@ static void session_identity(int s, const char *text) {
     send_text(s, 'N', "ok");
 }
 
+/* The mount points of filesystems on block devices, newest first. */
+static int block_mounts(char points[][256], int max) {
+    FILE *f = fopen("/proc/mounts", "re");
+    if (!f) return 0;
+    char line[1024], all[64][256];
+    int n = 0;
+    while (n < 64 && fgets(line, sizeof line, f)) {
+        char source[256], point[256];
+        if (sscanf(line, "%255s %255s", source, point) != 2 || strncmp(source, "/dev/", 5) != 0) continue;
+        snprintf(all[n++], 256, "%s", point);
+    }
+    fclose(f);
+    int k = 0;
+    for (int i = n - 1; i >= 0 && k < max; i--) snprintf(points[k++], 256, "%s", all[i]);
+    return k;
+}
+
+/* FIFREEZE or FITHAW on each; the count done. A filesystem that cannot be
+ * frozen (read-only ones may refuse) is left as it is. */
+static int freeze_all(char points[][256], int n, int freeze) {
+    int done = 0;
+    for (int i = 0; i < n; i++) {
+        int fd = open(points[freeze ? i : n - 1 - i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0) continue;
+        if (ioctl(fd, freeze ? FIFREEZE : FITHAW, 0) == 0) done++;
+        close(fd);
+    }
+    return done;
+}
+
 static void session_freeze(int s, int freeze) {
-    int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || ioctl(fd, freeze ? FIFREEZE : FITHAW, 0) != 0) {
-        char m[128];
-        snprintf(m, sizeof m, "%s %s: %s", freeze ? "freeze" : "thaw", root, strerror(errno));
-        if (fd >= 0) close(fd);
-        send_text(s, 'E', m);
+    char points[32][256], m[64];
+    int n = block_mounts(points, 32);
+    if (!freeze) {
+        snprintf(m, sizeof m, "thawed %d", freeze_all(points, n, 0));
+        send_text(s, 'F', m);
         return;
     }
-    close(fd);
-    send_text(s, 'F', "ok");
+    int frozen = freeze_all(points, n, 1);
+    snprintf(m, sizeof m, "frozen %d", frozen);
+    send_text(s, 'F', m);
+    struct pollfd p = {s, POLLIN, 0};
+    poll(&p, 1, 10000); /* the host's next frame, its close, or 10 s */
+    freeze_all(points, n, 0);
 }
 
 static void session_files(int s, int type, char *buf, uint32_t n) {

@@ -78,6 +78,7 @@ struct BackupCommand: AsyncParsableCommand {
         @Option(help: "The VM's name (backups are grouped by it).") var vm: String
         @Option(help: "A disk image (repeat for each, in the VM's order).") var disk: [String]
         @Option(help: "The running VM's control socket.") var controlSocket: String?
+        @Option(help: "With --control-socket: the VM's vsock socket, whose guest agent freezes the filesystems for the moment (application-consistent).") var vsockSocket: String?
         @Option(help: "Encrypt chunks with this key (skiff backup key FILE).") var keyFile: String?
         @Option(help: "Where a running VM's copy-before-write files go (default: beside the first disk).") var workDir: String?
         @Flag(help: "Print the report as JSON.") var json = false
@@ -86,6 +87,7 @@ struct BackupCommand: AsyncParsableCommand {
             guard !disk.isEmpty else { throw ValidationError("give at least one --disk") }
             var o = DiskBackup.Options(vm: vm, disks: disk.map { URL(fileURLWithPath: $0).path })
             o.controlSocket = controlSocket
+            o.agentSocket = vsockSocket
             o.workDirectory = workDir
             o.key = try keyFile.map { f in do { return try BackupKey.load(f) } catch { throw CLIError("\(error)") } }
             let r = try await withServer(server) { try await DiskBackup.run(o, server: $0) }

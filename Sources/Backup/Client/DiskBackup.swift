@@ -1,6 +1,7 @@
 import BlockTracking
 import Foundation
 import Glibc
+import SkiffControl
 
 /// `skiff backup create`: a VM's disks to the backup server. Each disk is
 /// read in 4 MiB chunks; a chunk of zeroes is not stored, a chunk the
@@ -22,6 +23,9 @@ public enum DiskBackup {
         public var vm: String
         public var disks: [String]
         public var controlSocket: String?
+        /// The running VM's vsock socket: its guest agent freezes the guest's
+        /// filesystems for the moment the point in time is taken.
+        public var agentSocket: String?
         public var key: BackupKey?
         public var config: String?
         /// Where a running VM's copy-before-write files go (default: beside the first disk).
@@ -76,10 +80,25 @@ public enum DiskBackup {
 
         // The point in time, and each disk's map.
         var live: LiveSession?
+        var frozen = false
         var maps: [(file: ChangedBlockMapFile?, map: ChangedBlockMap?, problem: String?)] = []
         if let socket = o.controlSocket {
             let work = o.workDirectory ?? (o.disks[0] as NSString).deletingLastPathComponent
+            // Frozen (application-consistent) while the agent's connection is open.
+            var agent: GuestAgent?
+            if let path = o.agentSocket {
+                do {
+                    let a = try GuestAgent(vsockSocket: path)
+                    let answer = try a.request(UInt8(ascii: "f"), expecting: UInt8(ascii: "F"))
+                    if answer.hasPrefix("frozen "), answer != "frozen 0" { agent = a; frozen = true } else {
+                        notes.append("the guest agent froze no filesystem (\(answer)): crash-consistent")
+                    }
+                } catch {
+                    notes.append("the guest agent did not freeze the filesystems (\(error)): crash-consistent")
+                }
+            }
             let session = try LiveSession(socket: socket, sizes: opened.map(\.size), workDirectory: work)
+            if let agent { try? agent.send(UInt8(ascii: "t")) } // thawed when it sees this (or the close)
             live = session
             maps = session.disks.map { (nil, $0.changed, $0.problem) }
         } else {
@@ -113,7 +132,7 @@ public enum DiskBackup {
 
         let session: String
         do { session = try await server.begin(vm: o.vm, base: base?.id) } catch { live?.end(completed: false); throw error }
-        var manifest = Manifest(vm: o.vm, consistency: live == nil ? "offline" : "crash-consistent", disks: [])
+        var manifest = Manifest(vm: o.vm, consistency: live == nil ? "offline" : frozen ? "application-consistent" : "crash-consistent", disks: [])
         manifest.keyFingerprint = o.key?.fingerprint
         manifest.config = o.config
         let stats = Stats()

@@ -178,6 +178,7 @@ struct Routes: Sendable {
             // Checked before it is stored: a chunk is shared by every host
             // that has its contents, so none may store a wrong one.
             _ = try blob.withUnsafeBytes { b in try Chunk.verify(b, digest: d) }
+            if try await repo.adopt(d, session: s, host: h) { return Response(status: .noContent) }
             let staged = try repo.store.stage(d, blob)
             try await repo.received(d, staged: staged, session: s, host: h)
             return Response(status: .noContent)

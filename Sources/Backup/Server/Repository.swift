@@ -90,6 +90,17 @@ public actor Repository {
         sessions[id] = s
     }
 
+    /// A chunk the client sent (verified) that is stored already (for this
+    /// host or another): touched and held, no second copy written. False
+    /// if it is not stored (the caller stages and sends it to `received`).
+    public func adopt(_ d: ChunkDigest, session id: String, host: String) throws -> Bool {
+        var s = try session(id, host: host)
+        guard store.touch(d) else { return false }
+        s.held.insert(d)
+        sessions[id] = s
+        return true
+    }
+
     /// Whether the session holds the chunk already (the client need not send it).
     public func holds(_ d: ChunkDigest, session id: String, host: String) throws -> Bool {
         var s = try session(id, host: host)
