@@ -48,3 +48,15 @@ def time_to_marker(argv, marker, timeout=20.0):
 
 def median(xs):
     return statistics.median(xs)
+
+
+def release_skiffd():
+    """skiffd as the package builds it (scripts/package-deb): optimized, in a
+    folder of its own (.build/release holds the static skiff, built with
+    other flags); $SKIFFD_BIN instead if set."""
+    if os.environ.get("SKIFFD_BIN"):
+        return os.environ["SKIFFD_BIN"]
+    log("[bench] building skiffd (release)")
+    subprocess.run(["swift", "build", "-c", "release", "--product", "skiffd", "--static-swift-stdlib", "--scratch-path", ".build-release"],
+                   cwd=ROOT, check=True, stdout=sys.stderr)
+    return os.path.join(ROOT, ".build-release/release/skiffd")
