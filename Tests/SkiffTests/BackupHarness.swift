@@ -92,7 +92,7 @@ final class BackupHarness: @unchecked Sendable {
     func chunkFiles() -> [String] {
         var out: [String] = []
         let e = FileManager.default.enumerator(atPath: store + "/chunks")
-        while let p = e?.nextObject() as? String where p.count > 60 { out.append(store + "/chunks/" + p) }
+        while let p = e?.nextObject() as? String { if p.count > 60 { out.append(store + "/chunks/" + p) } }
         return out
     }
 

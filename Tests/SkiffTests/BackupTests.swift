@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import SkiffControl
 import XCTest
 
 /// Issue 12: backups of VM disks to a real backup server, with changed
@@ -171,7 +172,7 @@ final class BackupTests: XCTestCase {
         defer { h.tearDown() }
         let cert = h.root + "/cert.pem", key = h.root + "/key.pem"
         let ssl = try Harness.run("/usr/bin/openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
-                                                       "-subj", "/CN=backup", "-addext", "subjectAltName=IP:10.77.1.1,IP:10.77.2.1",
+                                                       "-subj", "/CN=backup", "-addext", "subjectAltName=IP:10.77.1.1,IP:10.77.2.1,IP:127.0.0.1",
                                                        "-keyout", key, "-out", cert])
         XCTAssertEqual(ssl.status, 0, ssl.stderr)
         h.tls = (cert, key)
@@ -336,5 +337,51 @@ final class BackupTests: XCTestCase {
         let missing = try h.backup(["files", id, "/etc/no-such-file"])
         XCTAssertNotEqual(missing.status, 0)
         XCTAssertTrue(missing.stderr.contains("no no-such-file"), missing.stderr)
+    }
+
+    /// The control socket's backup requests refuse what is wrong with a
+    /// clear answer and change nothing: no files, files that are not new
+    /// and empty, an end with no backup open, a VM with no tracked disk.
+    func testBackupRequestsRefuseBadInput() throws {
+        let dir = "/var/tmp/skb-bad-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let disk = dir + "/disk.img", plain = dir + "/plain.img"
+        try BackupHarness.image(disk, mib: 16)
+        try BackupHarness.image(plain, mib: 16)
+        func ask(_ socket: String, _ line: String, _ fds: [Int32] = []) -> String {
+            let fd = SkiffControl.UnixSocket.connect(socket, timeoutMs: 10_000)
+            guard fd >= 0 else { return "no connection" }
+            defer { close(fd) }
+            _ = SkiffControl.UnixSocket.send(fd, Array((line + "\n").utf8), passing: fds)
+            switch try? ControlReply.read(from: fd) {
+            case .ok(let t)?: return "ok " + t
+            case .error(let t)?: return "error " + t
+            case nil: return "no answer"
+            }
+        }
+        for (image, tracked) in [(disk, true), (plain, false)] {
+            let socket = dir + "/ctl-\(tracked)"
+            let s = try Session(Harness.skiff, ["run", "--kernel", Harness.probe("blkbench"), "--memory", "128", "--disk", image + (tracked ? ",cbt" : ""),
+                                                "--control-socket", socket, "--cmdline", "write rand bs=4096 qd=1 every=100"])
+            defer { s.signal(SIGKILL); _ = s.wait(timeout: 10) }
+            XCTAssertTrue(s.waitFor(".", timeout: 30), s.stdout + s.stderr)
+            if !tracked {
+                XCTAssertTrue(ask(socket, "backup-begin").contains("no disk of this VM is tracked"))
+                continue
+            }
+            XCTAssertTrue(ask(socket, "backup-begin").contains("need 3 files"), ask(socket, "backup-begin"))
+            let full = open(dir + "/full", O_RDWR | O_CREAT, 0o600)
+            _ = write(full, "x", 1)
+            let a = open(dir + "/a", O_RDWR | O_CREAT, 0o600), b = open(dir + "/b", O_RDWR | O_CREAT, 0o600)
+            XCTAssertTrue(ask(socket, "backup-begin", [a, b, full]).contains("not new empty files"))
+            let d = open("/tmp", O_RDONLY | O_DIRECTORY)
+            XCTAssertTrue(ask(socket, "backup-begin", [a, b, d]).contains("not new empty files"))
+            for fd in [full, a, b, d] { close(fd) }
+            XCTAssertTrue(ask(socket, "backup-end ok").contains("no backup is open"))
+            XCTAssertTrue(ask(socket, "backup-end maybe").hasPrefix("error"))
+            XCTAssertEqual(ask(socket, "status"), "ok running", "the VM runs on")
+        }
     }
 }

@@ -10,14 +10,18 @@ final class ControlProtocolTests: XCTestCase {
         XCTAssertEqual(parse("  pause  "), .pause)
         XCTAssertEqual(parse("snapshot /a/b"), .snapshot(directory: "/a/b", diff: false))
         XCTAssertEqual(parse("snapshot /a/b diff"), .snapshot(directory: "/a/b", diff: true))
-        for r: ControlRequest in [.status, .pause, .resume, .stop, .snapshot(directory: "/x/caf\u{e9}", diff: true)] {
+        XCTAssertEqual(parse("backup-begin"), .backupBegin)
+        XCTAssertEqual(parse("backup-end ok"), .backupEnd(completed: true))
+        XCTAssertEqual(parse("backup-end failed"), .backupEnd(completed: false))
+        for r: ControlRequest in [.status, .pause, .resume, .stop, .snapshot(directory: "/x/caf\u{e9}", diff: true),
+                                  .backupBegin, .backupEnd(completed: true), .backupEnd(completed: false)] {
             XCTAssertEqual(try ControlRequest.parse(Array(r.line.dropLast())), r)
         }
     }
 
     func testBadRequestsAreRefused() {
         for bad in ["", "status now", "snapshot", "snapshot rel/dir", "snapshot /a full", "snapshot /a diff diff",
-                    "snapshot /a\u{7}b", "reboot", String(repeating: "s", count: 5000)] {
+                    "snapshot /a\u{7}b", "reboot", "backup-begin now", "backup-end", "backup-end yes", "backup-end ok ok", String(repeating: "s", count: 5000)] {
             XCTAssertNil(parse(bad), bad)
         }
         XCTAssertNil(try? ControlRequest.parse([0x73, 0x6e, 0x61, 0x70, 0x73, 0x68, 0x6f, 0x74, 0x20, 0x2f, 0xff])) // not UTF-8
