@@ -73,7 +73,19 @@ public struct Jail: Sendable {
         _ = cjail_close_other_fds([], 0) // a VMM that is gone must not leave its sockets open here
         var status: Int32 = 0
         while waitpid(vmm, &status, 0) < 0 && errno == EINTR {}
-        _exit(status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
+        // The VMM's status as its own; a VMM killed by a signal, the same
+        // signal (an exit status of 128 + N would read as the guest's).
+        if status & 0x7f != 0 {
+            let signo = status & 0x7f
+            Glibc.signal(signo, SIG_DFL)
+            var set = sigset_t()
+            sigemptyset(&set)
+            sigaddset(&set, signo)
+            pthread_sigmask(SIG_UNBLOCK, &set, nil)
+            kill(getpid(), signo)
+            _exit(128 + signo)
+        }
+        _exit((status >> 8) & 0xff)
     }
 
     /// The VMM's side: the empty root, then no privileges, then the VM.

@@ -108,6 +108,7 @@ func runJailed(_ config: VMConfiguration, resources: HostResources, snapshot: Sn
     resources.closeDescriptors() // the VMM has them now
     snapshot?.close()
     var status: Int32?
+    var killedBy: Int32?
     while status == nil {
         var received: Int32 = 0
         sigwait(&signals, &received)
@@ -115,7 +116,8 @@ func runJailed(_ config: VMConfiguration, resources: HostResources, snapshot: Sn
             var raw: Int32 = 0
             if waitpid(vmm.keeper, &raw, WNOHANG) == vmm.keeper {
                 // Reaped here: wait() would find nothing; decode as it does.
-                status = raw & 0x7f == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
+                // The keeper passes on the VMM's status, or dies of its signal.
+                if raw & 0x7f == 0 { status = (raw >> 8) & 0xff } else { killedBy = raw & 0x7f; status = 128 + killedBy! }
                 vmm.removeCgroup()
             }
         } else {
@@ -124,9 +126,9 @@ func runJailed(_ config: VMConfiguration, resources: HostResources, snapshot: Sn
     }
     terminal.restore()
     let code = status ?? 1
-    if code > 128 {
-        ExitFile.write("reason the VMM was killed by signal \(code - 128)\n")
-        var line = Array("skiff: the VMM was killed by signal \(code - 128)\n".utf8)
+    if let signal = killedBy {
+        ExitFile.write("reason the VMM was killed by signal \(signal)\n")
+        var line = Array("skiff: the VMM was killed by signal \(signal)\n".utf8)
         _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
         return 1
     }
