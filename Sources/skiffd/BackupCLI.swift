@@ -16,6 +16,7 @@ struct BackupServerCommand: AsyncParsableCommand {
     @Option(help: "TLS: the server's private key (PEM).") var tlsKey: String?
 
     func run() async throws {
+        Allocator.keepLargeBuffers()
         var o = BackupServer.Options()
         o.directory = URL(fileURLWithPath: dir).path
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
@@ -48,6 +49,7 @@ struct BackupServerOptions: ParsableArguments {
 }
 
 func withServer<T>(_ o: BackupServerOptions, _ body: (ServerConnection) async throws -> T) async throws -> T {
+    Allocator.keepLargeBuffers()
     let c = try o.connect()
     do {
         let r = try await body(c)

@@ -126,7 +126,7 @@ final class BackupTests: XCTestCase {
         defer { h.tearDown() }
         try h.start()
         let disk = h.root + "/disk.img"
-        try BackupHarness.image(disk, mib: 128)
+        try BackupHarness.image(disk, mib: 64)
         try BackupHarness.scribble(disk, seed: 1, permille: 400)
         let first = try XCTUnwrap(try h.create(vm: "a", disks: [disk])["id"] as? String)
         let firstCopy = h.root + "/first.img"
@@ -134,10 +134,10 @@ final class BackupTests: XCTestCase {
         var completed = [first]
         let rounds = Int(ProcessInfo.processInfo.environment["SKIFF_BACKUP_KILL_ROUNDS"] ?? "20") ?? 20
         for round in 0..<rounds {
-            try BackupHarness.scribble(disk, seed: 100 + round, extents: 8, permille: 50)
+            try BackupHarness.scribble(disk, seed: 100 + round, extents: 8, permille: 30)
             let client = try Session(Harness.skiff, ["backup", "create", "--vm", "a", "--disk", disk, "--json", "--server", h.url,
                                                      "--token-file", h.tokenFiles["h1"]!], environment: BackupHarness.environment)
-            usleep(useconds_t.random(in: 20_000...600_000))
+            usleep(useconds_t.random(in: 20_000...400_000))
             if round % 2 == 0 { client.signal(SIGKILL) } else { h.kill() }
             let r = client.wait(timeout: 60)
             if r.status == 0, let o = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], let id = o["id"] as? String {

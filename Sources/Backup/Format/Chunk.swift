@@ -111,14 +111,17 @@ public enum Chunk {
             payload = Array(sealed.combined!)
             flags |= encrypted
         }
-        return header(flags: flags, length: contents.count, payload: payload!) + payload!
-    }
-
-    static func header(flags: UInt8, length: Int, payload: [UInt8]) -> [UInt8] {
-        var h = magic + [flags, 0, 0, 0]
-        withUnsafeBytes(of: UInt32(length).littleEndian) { h += $0 }
-        h += Array(SHA256.hash(data: payload))
-        return h
+        // Stored as it is and not encrypted, the payload is the contents:
+        // its hash is the digest, computed already.
+        let payloadHash = flags == 0 ? digest.bytes : Array(SHA256.hash(data: payload!))
+        var blob = [UInt8]()
+        blob.reserveCapacity(headerBytes + payload!.count)
+        blob += magic
+        blob += [flags, 0, 0, 0]
+        withUnsafeBytes(of: UInt32(contents.count).littleEndian) { blob += $0 }
+        blob += payloadHash
+        blob += payload!
+        return blob
     }
 
     /// What a blob's header says, checked against its bytes: the payload's
@@ -144,7 +147,11 @@ public enum Chunk {
     /// decryption (with the digest as associated data), length, and the
     /// digest of what comes out. Throws a message naming the chunk.
     public static func decode(_ blob: UnsafeRawBufferPointer, digest: ChunkDigest, key: BackupKey?) throws -> [UInt8] {
-        let (flags, length) = try check(blob, digest: digest)
+        try decode(blob, digest: digest, key: key, checked: try check(blob, digest: digest))
+    }
+
+    static func decode(_ blob: UnsafeRawBufferPointer, digest: ChunkDigest, key: BackupKey?, checked: (flags: UInt8, length: Int)) throws -> [UInt8] {
+        let (flags, length) = checked
         var payload = Array(blob[headerBytes...])
         if flags & encrypted != 0 {
             guard let key else { throw ChunkError.needsKey(digest) }
@@ -177,9 +184,16 @@ public enum Chunk {
     /// unencrypted chunk, its contents hash to its name. Returns the
     /// contents' length.
     public static func verify(_ blob: UnsafeRawBufferPointer, digest: ChunkDigest) throws -> Int {
-        let (flags, length) = try check(blob, digest: digest)
-        if flags & encrypted == 0 { _ = try decode(blob, digest: digest, key: nil) }
-        return length
+        let checked = try check(blob, digest: digest)
+        switch checked.flags {
+        case 0:
+            // Stored as it is: the payload, whose hash the check compared, is the contents.
+            guard blob.count - headerBytes == checked.length else { throw ChunkError.damaged(digest, "holds \(blob.count - headerBytes) bytes, its header says \(checked.length)") }
+            guard Array(blob[16..<48]) == digest.bytes else { throw ChunkError.damaged(digest, "its contents do not hash to its name") }
+        case compressed: _ = try decode(blob, digest: digest, key: nil, checked: checked)
+        default: break // encrypted: whole, which is all a store without the key can know
+        }
+        return checked.length
     }
 
     public static func isEncrypted(_ blob: UnsafeRawBufferPointer) -> Bool { blob.count > 8 && blob[8] & encrypted != 0 }

@@ -174,12 +174,13 @@ struct Routes: Sendable {
             let h = try host(r)
             let s = try c.parameters.require("session")
             let d = try digest(c)
-            let blob = Array(buffer: try await r.body.collect(upTo: Chunk.maxBlobBytes))
+            let blob = try await r.body.collect(upTo: Chunk.maxBlobBytes)
             // Checked before it is stored: a chunk is shared by every host
             // that has its contents, so none may store a wrong one.
-            _ = try blob.withUnsafeBytes { b in try Chunk.verify(b, digest: d) }
+            _ = try blob.withUnsafeReadableBytes { b in try Chunk.verify(b, digest: d) }
             if try await repo.adopt(d, session: s, host: h) { return Response(status: .noContent) }
-            let staged = try repo.store.stage(d, blob)
+            let store = repo.store
+            let staged = try blob.withUnsafeReadableBytes { b in try store.stage(d, b) }
             try await repo.received(d, staged: staged, session: s, host: h)
             return Response(status: .noContent)
         }

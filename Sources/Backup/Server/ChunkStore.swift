@@ -62,13 +62,13 @@ public final class ChunkStore: Sendable {
     /// place by `place` (which the repository does in its actor, so that a
     /// collection cannot remove a chunk between a backup's use of it and
     /// its touch).
-    public func stage(_ d: ChunkDigest, _ blob: [UInt8]) throws -> String {
+    public func stage(_ d: ChunkDigest, _ blob: UnsafeRawBufferPointer) throws -> String {
         let name = tmp + "/" + d.hex + "." + String(UInt64.random(in: 0...UInt64.max), radix: 16)
         let fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw BackupError.failed("storing chunk \(d.hex): \(String(cString: strerror(errno)))") }
         var done = 0
         while done < blob.count {
-            let n = blob.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+            let n = Glibc.write(fd, blob.baseAddress! + done, blob.count - done)
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else {
                 let e = String(cString: strerror(errno)); close(fd); unlink(name)
@@ -76,6 +76,9 @@ public final class ChunkStore: Sendable {
             }
             done += n
         }
+        // Written back from now on, not all at the manifest's syncfs: the
+        // disk works while the backup goes on.
+        _ = cbackup_start_writeback(fd)
         close(fd)
         return name
     }

@@ -4,4 +4,8 @@
 #define SKIFF_CBACKUP_H
 #include <zstd.h>
 int cbackup_syncfs(int fd);
+/* Starts writing a file's dirty pages back, without waiting (sync_file_range). */
+int cbackup_start_writeback(int fd);
+/* Large buffers kept in the heap, not mapped and unmapped each time (mallopt). */
+void cbackup_keep_large_buffers(void);
 #endif
