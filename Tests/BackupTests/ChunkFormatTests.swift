@@ -96,10 +96,11 @@ final class ChunkFormatTests: XCTestCase {
 
     func testManifestValidation() throws {
         let d = ChunkDigest(hex: String(repeating: "a", count: 64))!
-        var m = Manifest(vm: "web", consistency: "offline", disks: [.init(name: "disk0", bytes: 10 << 20, chunks: [d, nil, d])])
+        let size = UInt64(Chunk.maxBytes) * 5 / 2 // two chunks and a half
+        var m = Manifest(vm: "web", consistency: "offline", disks: [.init(name: "disk0", bytes: size, chunks: [d, nil, d])])
         try m.validate()
         m.disks[0].chunks.append(nil)
-        XCTAssertThrowsError(try m.validate()) // 4 chunks for a 10 MiB disk
+        XCTAssertThrowsError(try m.validate()) // 4 chunks for a disk of 2.5
         m.disks[0].chunks.removeLast()
         for bad in ["../x", "a/b", "", String(repeating: "x", count: 65), ".hidden", "nul\u{0}"] {
             var n = m
@@ -109,14 +110,15 @@ final class ChunkFormatTests: XCTestCase {
     }
 
     func testChangedBlockMap() {
-        var m = ChangedBlockMap(diskBytes: 10 << 22 + 512)
+        let c = ChangedBlockMap.chunkBytes
+        var m = ChangedBlockMap(diskBytes: 10 * c + 512)
         XCTAssertEqual(m.chunks, 11)
         XCTAssertTrue(m.isDirty(5), "a new map knows nothing")
         _ = m.advance()
         XCTAssertFalse(m.isDirty(5))
-        m.mark(offset: (4 << 22) - 1, length: 2)
+        m.mark(offset: 4 * c - 1, length: 2)
         XCTAssertEqual(m.dirtyChunks, [3, 4])
-        m.mark(offset: 10 << 22, length: UInt64.max) // clipped, no overflow
+        m.mark(offset: 10 * c, length: UInt64.max) // clipped, no overflow
         XCTAssertEqual(m.dirtyChunks, [3, 4, 10])
         let bytes = m.encoded(clean: true)
         let (back, problem) = ChangedBlockMap.decode(bytes, diskBytes: m.diskBytes)

@@ -4,7 +4,7 @@ import Glibc
 import SkiffControl
 
 /// `skiff backup create`: a VM's disks to the backup server. Each disk is
-/// read in 4 MiB chunks; a chunk of zeroes is not stored, a chunk the
+/// read in chunks (Chunk.maxBytes); a chunk of zeroes is not stored, a chunk the
 /// server holds for this host already is not sent. What is read depends on
 /// the disk's changed-block map (`DISK.cbt`, kept by the VMM):
 ///

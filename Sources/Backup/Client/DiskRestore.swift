@@ -1,3 +1,4 @@
+import CBackup
 import Foundation
 import Glibc
 import NIOCore
@@ -79,6 +80,8 @@ public enum DiskRestore {
                         return true
                     }
                     guard ok else { throw BackupError.failed("\(path): \(String(cString: strerror(errno)))") }
+                    // Written back while the rest comes (the fsync at the end finds it done).
+                    _ = cbackup_start_writeback(fd)
                     return (contents.count, blob.readableBytes)
                 }
                 return true

@@ -67,7 +67,7 @@ public enum BackupError: Error, CustomStringConvertible {
 }
 
 /// glibc's allocator for the backup commands and server, which allocate and
-/// free several 4 MiB buffers per chunk: above 128 KiB it maps each one
+/// free several chunk-sized buffers per chunk: above 128 KiB it maps each one
 /// afresh and unmaps it when freed, so every chunk paid page faults and
 /// zeroing for memory it had just given back (a fifth of a full backup's
 /// time, by perf). Kept in the heap instead, they are reused.

@@ -1,3 +1,4 @@
+import BlockTracking
 import CBackup
 import Crypto
 import Foundation
@@ -63,12 +64,13 @@ public struct ChunkDigest: Hashable, Sendable, CustomStringConvertible, Codable 
 ///     8   1  flags: 1 compressed (zstd), 2 encrypted (12-byte nonce,
 ///            ciphertext, 16-byte tag; the digest is the associated data)
 ///     9   3  zero
-///     12  4  length of the contents (at most 4 MiB)
+///     12  4  length of the contents (at most Chunk.maxBytes, 1 MiB)
 ///     16 32  SHA-256 of the payload (bytes 48...): whoever stores the
 ///            chunk can check it is whole without the key
 ///     48  -  payload
 public enum Chunk {
-    public static let maxBytes = 4 << 20
+    /// The changed-block map's chunk: what a map marks is what a backup reads.
+    public static let maxBytes = Int(ChangedBlockMap.chunkBytes)
     static let magic = Array("SKFCHNK1".utf8)
     static let headerBytes = 48
     public static let maxBlobBytes = headerBytes + maxBytes + 64
@@ -96,8 +98,8 @@ public enum Chunk {
         var flags: UInt8 = 0
         var payload: [UInt8]?
         // Random data (often most of a disk's changed blocks) does not
-        // compress: four samples of 32 KiB across the chunk say so for a
-        // sixteenth of the work; any sample that compresses, and the whole
+        // compress: four samples of 32 KiB across the chunk say so for an
+        // eighth of the work; any sample that compresses, and the whole
         // chunk is tried.
         let sample = 32 << 10
         let promising = contents.count <= 8 * sample || (0..<4).contains { i in

@@ -3,7 +3,7 @@ import Glibc
 import Synchronization
 
 /// Changed-block tracking for one disk: every write, discard and
-/// write-zeroes marks the 4 MiB chunks it touches in the disk's map
+/// write-zeroes marks the chunks (1 MiB) it touches in the disk's map
 /// (`BlockTracking`), which is saved, marked clean, when the VMM closes
 /// the disk in order. While a backup reads the disk, the first write to a
 /// chunk copies its old contents aside first (copy-before-write), so the
