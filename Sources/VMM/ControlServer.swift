@@ -171,15 +171,9 @@ private struct ServeLoop {
                 guard c.descriptors.count >= n else {
                     return .error("snapshot \(directory): its \(n) files did not come with the request (use skiff snapshot)")
                 }
-                let fds = Array(c.descriptors.prefix(n))
-                c.descriptors.removeFirst(n)
+                let fds = Self.take(n, from: &c)
                 defer { fds.forEach { _ = close($0) } }
-                for fd in fds {
-                    var st = stat()
-                    guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size == 0 else {
-                        return .error("snapshot \(directory): the files sent are not new empty files")
-                    }
-                }
+                guard Self.newEmptyFiles(fds) else { return .error("snapshot \(directory): the files sent are not new empty files") }
                 return .ok(try machine.snapshot(to: directory, files: SnapshotFiles(memory: fds[0], state: fds[1], seal: fds[2]), diff: diff))
             case .backupBegin:
                 // Three files per tracked disk, made by the client (as for a snapshot).
@@ -188,15 +182,9 @@ private struct ServeLoop {
                 guard c.descriptors.count >= n else {
                     return .error("backup-begin: \(machine.changeTrackers.count) tracked disks need \(n) files with the request, \(c.descriptors.count) came")
                 }
-                let fds = Array(c.descriptors.prefix(n))
-                c.descriptors.removeFirst(n)
+                let fds = Self.take(n, from: &c)
                 defer { fds.forEach { _ = close($0) } }
-                for fd in fds {
-                    var st = stat()
-                    guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size == 0 else {
-                        return .error("backup-begin: the files sent are not new empty files")
-                    }
-                }
+                guard Self.newEmptyFiles(fds) else { return .error("backup-begin: the files sent are not new empty files") }
                 let files = stride(from: 0, to: n, by: 3).map { ChangeTracker.BackupFiles(copies: fds[$0], copied: fds[$0 + 1], changed: fds[$0 + 2]) }
                 return .ok(try machine.beginBackup(files))
             case .backupEnd(let completed):
@@ -208,6 +196,21 @@ private struct ServeLoop {
             return .error(e.description)
         } catch {
             return .error("\(error)")
+        }
+    }
+
+    /// The oldest `n` files the client passed (SCM_RIGHTS), for a request that needs them.
+    static func take(_ n: Int, from c: inout Connection) -> [Int32] {
+        let fds = Array(c.descriptors.prefix(n))
+        c.descriptors.removeFirst(n)
+        return fds
+    }
+
+    /// Files a client made for the VMM to write (a jailed VMM opens no path): regular and empty.
+    static func newEmptyFiles(_ fds: [Int32]) -> Bool {
+        fds.allSatisfy { fd in
+            var st = stat()
+            return fstat(fd, &st) == 0 && st.st_mode & S_IFMT == S_IFREG && st.st_size == 0
         }
     }
 
