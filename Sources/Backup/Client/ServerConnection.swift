@@ -88,7 +88,7 @@ public final class ServerConnection: Sendable {
 
     public func manifest(_ id: String) async throws -> Manifest {
         if let p = Names.problem(id, what: "backup id") { throw BackupError.invalid(p) }
-        return try await get(Manifest.self, "/v1/backups/" + id)
+        return try decode(Manifest.self, try await call(.GET, "/v1/backups/" + id, limit: Manifest.maxJSONBytes))
     }
 
     public func delete(_ id: String) async throws {

@@ -49,7 +49,9 @@ public struct Manifest: Codable, Sendable, Equatable {
 
     /// Bounds on what a client may describe.
     public static let maxDisks = 16
-    public static let maxDiskBytes: UInt64 = 16 << 40
+    /// 1 TiB: a manifest of 1 MiB chunks then lists a million digests (about 70 MB of JSON).
+    public static let maxDiskBytes: UInt64 = 1 << 40
+    public static let maxJSONBytes = 96 << 20
 
     public func validate() throws {
         guard version == Self.version else { throw BackupError.invalid("manifest version \(version): this server reads \(Self.version)") }
@@ -66,7 +68,7 @@ public struct Manifest: Codable, Sendable, Equatable {
             if let p = Names.problem(d.name, what: "disk name") { throw BackupError.invalid(p) }
             guard d.chunkBytes == Chunk.maxBytes else { throw BackupError.invalid("disk \(d.name): chunkBytes \(d.chunkBytes), this server stores \(Chunk.maxBytes)") }
             guard d.bytes > 0, d.bytes <= Self.maxDiskBytes, d.bytes % 512 == 0 else {
-                throw BackupError.invalid("disk \(d.name): \(d.bytes) bytes: a multiple of 512 up to 16 TiB")
+                throw BackupError.invalid("disk \(d.name): \(d.bytes) bytes: a multiple of 512 up to 1 TiB")
             }
             let expected = Int((d.bytes + UInt64(d.chunkBytes) - 1) / UInt64(d.chunkBytes))
             guard d.chunks.count == expected else { throw BackupError.invalid("disk \(d.name): \(d.chunks.count) chunks listed, its size needs \(expected)") }

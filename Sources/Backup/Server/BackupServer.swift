@@ -130,8 +130,8 @@ struct Routes: Sendable {
         return d
     }
 
-    func decode<T: Decodable>(_ t: T.Type, _ r: Request) async throws -> T {
-        let body = try await r.body.collect(upTo: Self.maxJSON)
+    func decode<T: Decodable>(_ t: T.Type, _ r: Request, limit: Int = Self.maxJSON) async throws -> T {
+        let body = try await r.body.collect(upTo: limit)
         do { return try JSONDecoder().decode(t, from: Data(buffer: body)) } catch let e as DecodingError {
             throw BackupError.invalid("the body is not what this request takes: \(e.shortDescription)")
         }
@@ -187,7 +187,7 @@ struct Routes: Sendable {
         router.post("/v1/sessions/:session/commit") { r, c in
             let h = try host(r)
             let s = try c.parameters.require("session")
-            let m = try await decode(Manifest.self, r)
+            let m = try await decode(Manifest.self, r, limit: Manifest.maxJSONBytes)
             return try json(try await repo.commit(m, session: s, host: h), status: .created)
         }
         router.delete("/v1/sessions/:session") { r, c in
