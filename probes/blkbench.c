@@ -11,18 +11,6 @@ static struct vq q;
 static struct blk_req hdr[VQ_SIZE / 3];
 static volatile uint8_t status[VQ_SIZE / 3];
 
-static uint64_t word_value(const char *cmd, const char *key, uint64_t fallback) {
-    for (const char *s = cmd; *s; s++) {
-        if (s != cmd && s[-1] != ' ') continue;
-        const char *a = s, *b = key;
-        while (*b && *a == *b) { a++; b++; }
-        if (*b || *a != '=') continue;
-        uint64_t v = 0;
-        for (a++; *a >= '0' && *a <= '9'; a++) v = v * 10 + (*a - '0');
-        return v;
-    }
-    return fallback;
-}
 
 static uint64_t rng_state = 88172645463325252ull;
 static uint64_t next_random(void) { rng_state ^= rng_state << 13; rng_state ^= rng_state >> 7; rng_state ^= rng_state << 17; return rng_state; }

@@ -26,18 +26,6 @@ static struct vq q;
 static struct blk_req hdr[QD];
 static volatile uint8_t status[QD];
 
-static uint64_t word_value(const char *cmd, const char *key, uint64_t fallback) {
-    for (const char *s = cmd; *s; s++) {
-        if (s != cmd && s[-1] != ' ') continue;
-        const char *a = s, *b = key;
-        while (*b && *a == *b) { a++; b++; }
-        if (*b || *a != '=') continue;
-        uint64_t v = 0;
-        for (a++; *a >= '0' && *a <= '9'; a++) v = v * 10 + (uint64_t)(*a - '0');
-        return v;
-    }
-    return fallback;
-}
 
 static uint64_t splitmix(uint64_t *s) {
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);

@@ -39,6 +39,19 @@ int has_word(const char *line, const char *word) {
     return 0;
 }
 
+uint64_t word_value(const char *line, const char *key, uint64_t fallback) {
+    for (const char *s = line; *s; s++) {
+        if (s != line && s[-1] != ' ') continue;
+        const char *a = s, *b = key;
+        while (*b && *a == *b) { a++; b++; }
+        if (*b || *a != '=') continue;
+        uint64_t v = 0;
+        for (a++; *a >= '0' && *a <= '9'; a++) v = v * 10 + (uint64_t)(*a - '0');
+        return v;
+    }
+    return fallback;
+}
+
 #define R(d, off) ((d)->base + (off))
 
 int vdev_find(struct vdev *d, uint32_t type, int nth) {

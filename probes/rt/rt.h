@@ -21,6 +21,8 @@ void reset(void) __attribute__((noreturn));
 /* The kernel command line from the PVH start_info ("" if none). */
 const char *rt_cmdline(void);
 int has_word(const char *line, const char *word);
+/* The decimal value of a KEY=N word of the line, or `fallback`. */
+uint64_t word_value(const char *line, const char *key, uint64_t fallback);
 void *memset(void *d, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);
 int memcmp(const void *a, const void *b, size_t n);
