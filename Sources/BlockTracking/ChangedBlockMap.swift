@@ -133,7 +133,10 @@ public struct ChangedBlockMap: Equatable, Sendable {
         return h
     }
 
-    public var idText: String { id.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined() }
+    public var idText: String {
+        let digits = Array("0123456789abcdef".utf8)
+        return String(decoding: id.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 15)]] }, as: UTF8.self)
+    }
 }
 
 /// A map file on disk: opened and locked (exclusively, so one VMM or one

@@ -35,11 +35,7 @@ public struct ChunkDigest: Hashable, Sendable, CustomStringConvertible, Codable 
     }
 
     static let digits = Array("0123456789abcdef".utf8)
-    public var hex: String {
-        var out = [UInt8](repeating: 0, count: 64)
-        for (i, b) in bytes.enumerated() { out[2 * i] = Self.digits[Int(b >> 4)]; out[2 * i + 1] = Self.digits[Int(b & 15)] }
-        return String(decoding: out, as: UTF8.self)
-    }
+    public var hex: String { Self.hexString(bytes) }
     public var description: String { hex }
 
     public init(from decoder: Decoder) throws {
@@ -198,7 +194,6 @@ public enum Chunk {
         return checked.length
     }
 
-    public static func isEncrypted(_ blob: UnsafeRawBufferPointer) -> Bool { blob.count > 8 && blob[8] & encrypted != 0 }
 }
 
 public enum ChunkError: Error, CustomStringConvertible, Equatable {

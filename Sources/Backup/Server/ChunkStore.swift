@@ -32,8 +32,6 @@ public final class ChunkStore: Sendable {
         return chunks + "/" + hex.prefix(2) + "/" + hex
     }
 
-    public func exists(_ d: ChunkDigest) -> Bool { access(path(d), F_OK) == 0 }
-
     /// Marks the chunk as needed now; false if it is not stored.
     @discardableResult
     public func touch(_ d: ChunkDigest) -> Bool { utimensat(AT_FDCWD, path(d), nil, 0) == 0 }
@@ -91,14 +89,6 @@ public final class ChunkStore: Sendable {
             throw BackupError.failed("storing chunk \(d.hex): \(e)")
         }
     }
-
-    /// The chunk's mtime in seconds, if it is stored.
-    public func mtime(_ d: ChunkDigest) -> Int? {
-        var st = stat()
-        return lstat(path(d), &st) == 0 ? st.st_mtim.tv_sec : nil
-    }
-
-    public func remove(_ d: ChunkDigest) { unlink(path(d)) }
 
     /// Everything written so far reaches the disk (before a manifest that needs it).
     public func sync() throws {
