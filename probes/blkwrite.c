@@ -8,6 +8,8 @@
  *   permille=N  bytes written in all = disk size * N / 1000 (default 10),
  *               split evenly over the extents, in 4 KiB blocks
  *   list        also prints "BLKWRITE extent START LENGTH" (bytes) for each
+ *   stay        idle after the done line instead of resetting (a VM that
+ *               has written its share and runs on, for skiffd's tests)
  * The disk is cut into `extents` equal slots and each extent lies at a
  * random place inside its own slot: extents never overlap, never pass the
  * disk's end, and the whole disk is covered. Requests carry up to 1 MiB
@@ -131,5 +133,6 @@ int main(void) {
     if (s < 0) { fail("flush-timeout", 0); return 0; }
     if (status[0] != 0) { fail("flush-status", status[0]); return 0; }
     puts_("BLKWRITE done extents="); putdec(extents); puts_(" bytes="); putdec(written); putc_('\n');
+    if (has_word(cmd, "stay")) for (;;) __asm__ volatile("hlt");
     return 0;
 }

@@ -473,7 +473,7 @@ case "status",
      "snapshot" where isSocketPath(args):
     ControlClient.main(args) // a VM's control socket, by path
 case "ps", "create", "start", "stop", "kill", "pause", "resume", "rm", "logs", "inspect", "snapshot", "usage", "events", "attach",
-     "appliance", "image", "backup", "backup-server":
+     "appliance", "image", "backup", "backup-server", "restore-backup":
     Manager.handOver(args)
 
 case "kernel":

@@ -66,7 +66,14 @@ struct BackupCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backup",
         abstract: "Back VMs up to a backup server: incremental (changed-block maps), deduplicated, optionally encrypted.",
-        subcommands: [Create.self, Restore.self, List.self, Files.self, Verify.self, Prune.self, Remove.self, Collect.self, Key.self])
+        discussion: """
+            `skiff backup VM` backs up a VM of skiffd's, through skiffd (its --backup-server), and waits for the job; \
+            `skiff backup schedule VM` sets when that happens by itself. The other commands talk to the backup server \
+            directly: `create` backs up image files (or a VM you run yourself, through its control socket).
+            """,
+        subcommands: [BackupVM.self, Schedule.self, Jobs.self, Create.self, Restore.self, Show.self, List.self, Files.self, Verify.self,
+                      Prune.self, Remove.self, Collect.self, Key.self],
+        defaultSubcommand: BackupVM.self)
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -83,14 +90,21 @@ struct BackupCommand: AsyncParsableCommand {
         @Option(help: "With --control-socket: the VM's vsock socket, whose guest agent freezes the filesystems for the moment (application-consistent).") var vsockSocket: String?
         @Option(help: "Encrypt chunks with this key (skiff backup key FILE).") var keyFile: String?
         @Option(help: "Where a running VM's copy-before-write files go (default: beside the first disk).") var workDir: String?
+        @Option(help: "A document kept with the backup (skiffd keeps the VM's configuration there).") var configFile: String?
         @Flag(help: "Print the report as JSON.") var json = false
 
         func run() async throws {
             guard !disk.isEmpty else { throw ValidationError("give at least one --disk") }
+            var config: String?
+            if let f = configFile {
+                guard let data = FileManager.default.contents(atPath: f), data.count <= 1 << 20 else { throw CLIError("--config-file \(f): cannot read it, or over 1 MiB") }
+                config = String(decoding: data, as: UTF8.self)
+            }
             var o = DiskBackup.Options(vm: vm, disks: disk.map { URL(fileURLWithPath: $0).path })
             o.controlSocket = controlSocket
             o.agentSocket = vsockSocket
             o.workDirectory = workDir
+            o.config = config
             o.key = try keyFile.map { f in do { return try BackupKey.load(f) } catch { throw CLIError("\(error)") } }
             let r = try await withServer(server) { try await DiskBackup.run(o, server: $0) }
             if json { try printJSON(r); return }
@@ -118,6 +132,29 @@ struct BackupCommand: AsyncParsableCommand {
             if json { try printJSON(r); return }
             print(String(format: "restored %@ to %@: %.1f MiB written, %.1f MiB fetched, %.2f s", r.id, r.disks.joined(separator: ", "),
                          Double(r.bytesWritten) / 1048576, Double(r.bytesFetched) / 1048576, r.seconds))
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One backup: its disks, how it was made, and the configuration kept with it.")
+        @OptionGroup var server: BackupServerOptions
+        @Argument(help: "The backup's id.") var id: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let m = try await withServer(server) { try await $0.manifest(id) }
+            do { try m.validate() } catch { throw CLIError("backup \(id): \(error)") }
+            struct Disk: Encodable { var name: String; var bytes: UInt64; var chunks: Int; var stored: Int }
+            struct Shown: Encodable {
+                var id: String, vm: String, createdAt: Int64, consistency: String, encrypted: Bool, disks: [Disk], config: String?
+            }
+            let shown = Shown(id: m.id, vm: m.vm, createdAt: m.createdAt, consistency: m.consistency, encrypted: m.keyFingerprint != nil,
+                              disks: m.disks.map { Disk(name: $0.name, bytes: $0.bytes, chunks: $0.chunks.count, stored: $0.chunks.compactMap { $0 }.count) },
+                              config: m.config)
+            if json { try printJSON(shown); return }
+            print("backup \(m.id) of \(m.vm), \(age(m.createdAt)) ago, \(m.consistency)\(m.keyFingerprint.map { ", encrypted (key \($0))" } ?? "")")
+            for d in shown.disks { print(String(format: "  %@: %.1f GiB, %d of %d chunks stored (the rest zero)", d.name, Double(d.bytes) / 1073741824, d.stored, d.chunks)) }
+            if let c = m.config { print("configuration: \(c.prefix(2000))") }
         }
     }
 

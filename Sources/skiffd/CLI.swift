@@ -14,7 +14,7 @@ struct SkiffCLI: AsyncParsableCommand {
         version: "skiff \(cliVersion)",
         subcommands: [PS.self, Create.self, Start.self, Stop.self, Kill.self, Pause.self, Resume.self, Remove.self, Logs.self,
                       Inspect.self, Snapshot.self, CloneVM.self, Usage.self, Events.self, AttachCommand.self,
-                      ApplianceCommand.self, ImageCommand.self, BackupCommand.self, BackupServerCommand.self])
+                      ApplianceCommand.self, ImageCommand.self, BackupCommand.self, BackupServerCommand.self, RestoreBackup.self])
 }
 
 let cliVersion = "0.10.0"
@@ -90,7 +90,7 @@ struct Create: AsyncParsableCommand {
     @Option(help: "Restore this snapshot directory instead of booting.") var snapshot: String?
     @Option(help: "vCPUs.") var cpus: Int?
     @Option(help: "Guest memory in MiB.") var memory: Int64?
-    @Option(help: "A disk: PATH[,ro] (repeatable).") var disk: [String] = []
+    @Option(help: "A disk: PATH[,ro][,nocbt] (repeatable). A writable one gets a changed-block map (PATH.cbt) for backups unless nocbt.") var disk: [String] = []
     @Option(help: "A label key=value (repeatable).") var label: [String] = []
     @Option(help: "Restart policy: no, on-failure, always.") var restart: Components.Schemas.RestartPolicy?
     @Option(help: "CPU shares (relative weight, default 100).") var cpuShares: Int?
@@ -107,10 +107,11 @@ struct Create: AsyncParsableCommand {
             guard let eq = l.firstIndex(of: "=") else { throw CLIError("--label \(l): give key=value") }
             labels[String(l[..<eq])] = String(l[l.index(after: eq)...])
         }
-        let disks = disk.map { d -> Components.Schemas.Disk in
-            let ro = d.hasSuffix(",ro")
-            let path = ro ? String(d.dropLast(3)) : d
-            return .init(path: URL(fileURLWithPath: path).path, readOnly: ro)
+        let disks = try disk.map { d -> Components.Schemas.Disk in
+            var parts = d.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            let path = parts.removeFirst()
+            guard !path.isEmpty, parts.allSatisfy({ $0 == "ro" || $0 == "nocbt" }) else { throw CLIError("--disk \(d): give PATH[,ro][,nocbt]") }
+            return .init(path: URL(fileURLWithPath: path).path, readOnly: parts.contains("ro"), changeTracking: parts.contains("nocbt") ? false : nil)
         }
         let abs = { (p: String?) in p.map { URL(fileURLWithPath: $0).path } }
         let resources = Components.Schemas.Resources(cpuShares: cpuShares, cpuLimit: cpuLimit, cpuReservation: cpuReservation,

@@ -20,6 +20,10 @@ struct SkiffdCommand: AsyncParsableCommand {
     @Option(help: "TLS for --tcp: the server's certificate chain (PEM).") var tlsCert: String?
     @Option(help: "TLS for --tcp: the server's private key (PEM).") var tlsKey: String?
     @Option(help: "At most this many VMs on this host (created ones count, running or not).") var maxVms = 1000
+    @Option(help: "Back VMs up to this backup server, http(s)://HOST:PORT (`skiff backup VM`, schedules).") var backupServer: String?
+    @Option(help: "With --backup-server: a file holding this host's token.") var backupTokenFile: String?
+    @Option(help: "With --backup-server over https: the CA certificate (PEM) to trust.") var backupCaCert: String?
+    @Option(help: "With --backup-server: encrypt backups with this key (skiff backup key FILE).") var backupKeyFile: String?
 
     func run() async throws {
         var o = Daemon.Options()
@@ -32,6 +36,13 @@ struct SkiffdCommand: AsyncParsableCommand {
         o.tlsCertificate = tlsCert
         o.tlsKey = tlsKey
         o.maxVMs = maxVms
+        if let server = backupServer {
+            guard let token = backupTokenFile else { throw ValidationError("--backup-server needs --backup-token-file") }
+            let abs = { (p: String?) in p.map { URL(fileURLWithPath: $0).path } }
+            o.backupTarget = BackupTarget(server: server, tokenFile: URL(fileURLWithPath: token).path, caCertificate: abs(backupCaCert), keyFile: abs(backupKeyFile))
+        } else if backupTokenFile != nil || backupCaCert != nil || backupKeyFile != nil {
+            throw ValidationError("--backup-token-file, --backup-ca-cert and --backup-key-file go with --backup-server")
+        }
         do { try await Daemon.run(o) } catch {
             FileHandle.standardError.write(Data("skiffd: \(error)\n".utf8))
             throw ExitCode(1)

@@ -1,4 +1,4 @@
-import Backup
+@testable import Backup
 import BlockTracking
 import XCTest
 
@@ -137,5 +137,18 @@ final class ChunkFormatTests: XCTestCase {
         }
         XCTAssertNil(ChangedBlockMap.decode(Array(bytes.dropLast()), diskBytes: m.diskBytes).map)
         XCTAssertNil(ChangedBlockMap.decode(bytes, diskBytes: m.diskBytes + 512).map)
+    }
+
+    /// Backup IDs are unique on the whole server (two hosts backing up in
+    /// one second once got the same ID), valid names, and sort as they began.
+    func testBackupIDsAreUniqueAndOrdered() {
+        var taken: Set<String> = []
+        let ms = 1_796_300_000_123
+        for _ in 0..<3 { taken.insert(Repository.backupID(ms: ms) { taken.contains($0) }) }
+        XCTAssertEqual(taken.count, 3)
+        let a = Repository.backupID(ms: ms) { _ in false }, b = Repository.backupID(ms: ms + 1) { _ in false }
+        XCTAssertTrue(a < b, "\(a) < \(b)")
+        XCTAssertTrue(a.hasSuffix(".123Z"), a)
+        for id in taken { XCTAssertNil(Names.problem(id, what: "backup id"), id) }
     }
 }

@@ -26,6 +26,8 @@ public actor Repository {
         let host: String
         let vm: String
         let started: Int
+        /// Its start in milliseconds, for its ID.
+        let startedMs: Int
         /// Chunks of the backup it builds on (touched when it began) and those uploaded since.
         var held: Set<ChunkDigest>
     }
@@ -55,6 +57,11 @@ public actor Repository {
     }
 
     static func now() -> Int { time(nil) }
+    static func nowMs() -> Int {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+    }
 
     // MARK: a backup
 
@@ -72,7 +79,7 @@ public actor Repository {
             b = m
         }
         let id = String(UInt64.random(in: 0...UInt64.max), radix: 16)
-        sessions[id] = Session(host: host, vm: vm, started: Self.now(), held: held)
+        sessions[id] = Session(host: host, vm: vm, started: Self.now(), startedMs: Self.nowMs(), held: held)
         return (id, b)
     }
 
@@ -127,7 +134,7 @@ public actor Repository {
         try store.sync()
         m.host = host
         m.createdAt = Int64(s.started)
-        m.id = Self.backupID(time: s.started, existing: manifests[host] ?? [:])
+        m.id = Self.backupID(ms: s.startedMs) { id in manifests.values.contains { $0[id] != nil } }
         let dir = hostsDirectory + "/" + host
         try ChunkStore.makeDirectory(dir)
         let e = JSONEncoder()
@@ -144,14 +151,18 @@ public actor Repository {
         sessions[id] = nil
     }
 
-    /// `20261203T184500Z`, with `-2`, `-3`... if the host has one of that second.
-    static func backupID(time t: Int, existing: [String: Manifest]) -> String {
+    /// `20261203T184500.123Z`, with `-2`, `-3`... in the rare case that some
+    /// backup on the server has that millisecond: unique on the whole server
+    /// (a per-host second gave two hosts one ID), in the order backups began,
+    /// and what it tells a host of another's backups is only that one began
+    /// in the same millisecond.
+    static func backupID(ms: Int, taken: (String) -> Bool) -> String {
         var tm = Glibc.tm()
-        var tt = time_t(t)
+        var tt = time_t(ms / 1000)
         gmtime_r(&tt, &tm)
-        let base = String(format: "%04d%02d%02dT%02d%02d%02dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec)
+        let base = String(format: "%04d%02d%02dT%02d%02d%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms % 1000)
         var id = base, n = 1
-        while existing[id] != nil { n += 1; id = "\(base)-\(n)" }
+        while taken(id) { n += 1; id = "\(base)-\(n)" }
         return id
     }
 

@@ -284,21 +284,29 @@ extension Components {
             public var path: Components.Schemas.HostPath
             /// - Remark: Generated from `#/components/schemas/Disk/readOnly`.
             public var readOnly: Swift.Bool?
+            /// a writable disk's changed-block map, for incremental and live backups (default true)
+            ///
+            /// - Remark: Generated from `#/components/schemas/Disk/changeTracking`.
+            public var changeTracking: Swift.Bool?
             /// Creates a new `Disk`.
             ///
             /// - Parameters:
             ///   - path:
             ///   - readOnly:
+            ///   - changeTracking: a writable disk's changed-block map, for incremental and live backups (default true)
             public init(
                 path: Components.Schemas.HostPath,
-                readOnly: Swift.Bool? = nil
+                readOnly: Swift.Bool? = nil,
+                changeTracking: Swift.Bool? = nil
             ) {
                 self.path = path
                 self.readOnly = readOnly
+                self.changeTracking = changeTracking
             }
             public enum CodingKeys: String, CodingKey {
                 case path
                 case readOnly
+                case changeTracking
             }
             public init(from decoder: any Swift.Decoder) throws {
                 let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -310,9 +318,14 @@ extension Components {
                     Swift.Bool.self,
                     forKey: .readOnly
                 )
+                self.changeTracking = try container.decodeIfPresent(
+                    Swift.Bool.self,
+                    forKey: .changeTracking
+                )
                 try decoder.ensureNoAdditionalProperties(knownKeys: [
                     "path",
-                    "readOnly"
+                    "readOnly",
+                    "changeTracking"
                 ])
             }
         }
@@ -480,6 +493,356 @@ extension Components {
                     "snapshot",
                     "restartPolicy",
                     "resources",
+                    "start"
+                ])
+            }
+        }
+        /// - Remark: Generated from `#/components/schemas/BackupJob`.
+        public struct BackupJob: Codable, Hashable, Sendable {
+            /// - Remark: Generated from `#/components/schemas/BackupJob/id`.
+            public var id: Swift.Int64
+            /// - Remark: Generated from `#/components/schemas/BackupJob/kind`.
+            @frozen public enum KindPayload: String, Codable, Hashable, Sendable, CaseIterable {
+                case backup = "backup"
+                case restore = "restore"
+            }
+            /// - Remark: Generated from `#/components/schemas/BackupJob/kind`.
+            public var kind: Components.Schemas.BackupJob.KindPayload
+            /// - Remark: Generated from `#/components/schemas/BackupJob/vm`.
+            public var vm: Components.Schemas.Name
+            /// - Remark: Generated from `#/components/schemas/BackupJob/trigger`.
+            @frozen public enum TriggerPayload: String, Codable, Hashable, Sendable, CaseIterable {
+                case api = "api"
+                case schedule = "schedule"
+            }
+            /// - Remark: Generated from `#/components/schemas/BackupJob/trigger`.
+            public var trigger: Components.Schemas.BackupJob.TriggerPayload
+            /// - Remark: Generated from `#/components/schemas/BackupJob/state`.
+            @frozen public enum StatePayload: String, Codable, Hashable, Sendable, CaseIterable {
+                case running = "running"
+                case succeeded = "succeeded"
+                case failed = "failed"
+                case interrupted = "interrupted"
+            }
+            /// - Remark: Generated from `#/components/schemas/BackupJob/state`.
+            public var state: Components.Schemas.BackupJob.StatePayload
+            /// the backup's id on the server: the one made or the one restored
+            ///
+            /// - Remark: Generated from `#/components/schemas/BackupJob/backup`.
+            public var backup: Swift.String?
+            /// full, incremental or compare (a backup that succeeded)
+            ///
+            /// - Remark: Generated from `#/components/schemas/BackupJob/mode`.
+            public var mode: Swift.String?
+            /// crash-consistent, application-consistent or offline
+            ///
+            /// - Remark: Generated from `#/components/schemas/BackupJob/consistency`.
+            public var consistency: Swift.String?
+            /// - Remark: Generated from `#/components/schemas/BackupJob/bytesRead`.
+            public var bytesRead: Swift.Int64?
+            /// - Remark: Generated from `#/components/schemas/BackupJob/bytesSent`.
+            public var bytesSent: Swift.Int64?
+            /// - Remark: Generated from `#/components/schemas/BackupJob/seconds`.
+            public var seconds: Swift.Double?
+            /// why it failed or was interrupted
+            ///
+            /// - Remark: Generated from `#/components/schemas/BackupJob/error`.
+            public var error: Swift.String?
+            /// Unix seconds
+            ///
+            /// - Remark: Generated from `#/components/schemas/BackupJob/startedAt`.
+            public var startedAt: Swift.Int64
+            /// - Remark: Generated from `#/components/schemas/BackupJob/endedAt`.
+            public var endedAt: Swift.Int64?
+            /// Creates a new `BackupJob`.
+            ///
+            /// - Parameters:
+            ///   - id:
+            ///   - kind:
+            ///   - vm:
+            ///   - trigger:
+            ///   - state:
+            ///   - backup: the backup's id on the server: the one made or the one restored
+            ///   - mode: full, incremental or compare (a backup that succeeded)
+            ///   - consistency: crash-consistent, application-consistent or offline
+            ///   - bytesRead:
+            ///   - bytesSent:
+            ///   - seconds:
+            ///   - error: why it failed or was interrupted
+            ///   - startedAt: Unix seconds
+            ///   - endedAt:
+            public init(
+                id: Swift.Int64,
+                kind: Components.Schemas.BackupJob.KindPayload,
+                vm: Components.Schemas.Name,
+                trigger: Components.Schemas.BackupJob.TriggerPayload,
+                state: Components.Schemas.BackupJob.StatePayload,
+                backup: Swift.String? = nil,
+                mode: Swift.String? = nil,
+                consistency: Swift.String? = nil,
+                bytesRead: Swift.Int64? = nil,
+                bytesSent: Swift.Int64? = nil,
+                seconds: Swift.Double? = nil,
+                error: Swift.String? = nil,
+                startedAt: Swift.Int64,
+                endedAt: Swift.Int64? = nil
+            ) {
+                self.id = id
+                self.kind = kind
+                self.vm = vm
+                self.trigger = trigger
+                self.state = state
+                self.backup = backup
+                self.mode = mode
+                self.consistency = consistency
+                self.bytesRead = bytesRead
+                self.bytesSent = bytesSent
+                self.seconds = seconds
+                self.error = error
+                self.startedAt = startedAt
+                self.endedAt = endedAt
+            }
+            public enum CodingKeys: String, CodingKey {
+                case id
+                case kind
+                case vm
+                case trigger
+                case state
+                case backup
+                case mode
+                case consistency
+                case bytesRead
+                case bytesSent
+                case seconds
+                case error
+                case startedAt
+                case endedAt
+            }
+            public init(from decoder: any Swift.Decoder) throws {
+                let container = try decoder.container(keyedBy: CodingKeys.self)
+                self.id = try container.decode(
+                    Swift.Int64.self,
+                    forKey: .id
+                )
+                self.kind = try container.decode(
+                    Components.Schemas.BackupJob.KindPayload.self,
+                    forKey: .kind
+                )
+                self.vm = try container.decode(
+                    Components.Schemas.Name.self,
+                    forKey: .vm
+                )
+                self.trigger = try container.decode(
+                    Components.Schemas.BackupJob.TriggerPayload.self,
+                    forKey: .trigger
+                )
+                self.state = try container.decode(
+                    Components.Schemas.BackupJob.StatePayload.self,
+                    forKey: .state
+                )
+                self.backup = try container.decodeIfPresent(
+                    Swift.String.self,
+                    forKey: .backup
+                )
+                self.mode = try container.decodeIfPresent(
+                    Swift.String.self,
+                    forKey: .mode
+                )
+                self.consistency = try container.decodeIfPresent(
+                    Swift.String.self,
+                    forKey: .consistency
+                )
+                self.bytesRead = try container.decodeIfPresent(
+                    Swift.Int64.self,
+                    forKey: .bytesRead
+                )
+                self.bytesSent = try container.decodeIfPresent(
+                    Swift.Int64.self,
+                    forKey: .bytesSent
+                )
+                self.seconds = try container.decodeIfPresent(
+                    Swift.Double.self,
+                    forKey: .seconds
+                )
+                self.error = try container.decodeIfPresent(
+                    Swift.String.self,
+                    forKey: .error
+                )
+                self.startedAt = try container.decode(
+                    Swift.Int64.self,
+                    forKey: .startedAt
+                )
+                self.endedAt = try container.decodeIfPresent(
+                    Swift.Int64.self,
+                    forKey: .endedAt
+                )
+                try decoder.ensureNoAdditionalProperties(knownKeys: [
+                    "id",
+                    "kind",
+                    "vm",
+                    "trigger",
+                    "state",
+                    "backup",
+                    "mode",
+                    "consistency",
+                    "bytesRead",
+                    "bytesSent",
+                    "seconds",
+                    "error",
+                    "startedAt",
+                    "endedAt"
+                ])
+            }
+        }
+        /// - Remark: Generated from `#/components/schemas/BackupJobList`.
+        public struct BackupJobList: Codable, Hashable, Sendable {
+            /// - Remark: Generated from `#/components/schemas/BackupJobList/items`.
+            public var items: [Components.Schemas.BackupJob]
+            /// Creates a new `BackupJobList`.
+            ///
+            /// - Parameters:
+            ///   - items:
+            public init(items: [Components.Schemas.BackupJob]) {
+                self.items = items
+            }
+            public enum CodingKeys: String, CodingKey {
+                case items
+            }
+            public init(from decoder: any Swift.Decoder) throws {
+                let container = try decoder.container(keyedBy: CodingKeys.self)
+                self.items = try container.decode(
+                    [Components.Schemas.BackupJob].self,
+                    forKey: .items
+                )
+                try decoder.ensureNoAdditionalProperties(knownKeys: [
+                    "items"
+                ])
+            }
+        }
+        /// - Remark: Generated from `#/components/schemas/BackupPolicy`.
+        public struct BackupPolicy: Codable, Hashable, Sendable {
+            /// a backup this often
+            ///
+            /// - Remark: Generated from `#/components/schemas/BackupPolicy/intervalSeconds`.
+            public var intervalSeconds: Swift.Int64
+            /// - Remark: Generated from `#/components/schemas/BackupPolicy/keepLast`.
+            public var keepLast: Swift.Int64?
+            /// - Remark: Generated from `#/components/schemas/BackupPolicy/keepDaily`.
+            public var keepDaily: Swift.Int64?
+            /// - Remark: Generated from `#/components/schemas/BackupPolicy/keepWeekly`.
+            public var keepWeekly: Swift.Int64?
+            /// - Remark: Generated from `#/components/schemas/BackupPolicy/keepMonthly`.
+            public var keepMonthly: Swift.Int64?
+            /// when the next one is due (Unix seconds; ignored in a PUT)
+            ///
+            /// - Remark: Generated from `#/components/schemas/BackupPolicy/nextAt`.
+            public var nextAt: Swift.Int64?
+            /// Creates a new `BackupPolicy`.
+            ///
+            /// - Parameters:
+            ///   - intervalSeconds: a backup this often
+            ///   - keepLast:
+            ///   - keepDaily:
+            ///   - keepWeekly:
+            ///   - keepMonthly:
+            ///   - nextAt: when the next one is due (Unix seconds; ignored in a PUT)
+            public init(
+                intervalSeconds: Swift.Int64,
+                keepLast: Swift.Int64? = nil,
+                keepDaily: Swift.Int64? = nil,
+                keepWeekly: Swift.Int64? = nil,
+                keepMonthly: Swift.Int64? = nil,
+                nextAt: Swift.Int64? = nil
+            ) {
+                self.intervalSeconds = intervalSeconds
+                self.keepLast = keepLast
+                self.keepDaily = keepDaily
+                self.keepWeekly = keepWeekly
+                self.keepMonthly = keepMonthly
+                self.nextAt = nextAt
+            }
+            public enum CodingKeys: String, CodingKey {
+                case intervalSeconds
+                case keepLast
+                case keepDaily
+                case keepWeekly
+                case keepMonthly
+                case nextAt
+            }
+            public init(from decoder: any Swift.Decoder) throws {
+                let container = try decoder.container(keyedBy: CodingKeys.self)
+                self.intervalSeconds = try container.decode(
+                    Swift.Int64.self,
+                    forKey: .intervalSeconds
+                )
+                self.keepLast = try container.decodeIfPresent(
+                    Swift.Int64.self,
+                    forKey: .keepLast
+                )
+                self.keepDaily = try container.decodeIfPresent(
+                    Swift.Int64.self,
+                    forKey: .keepDaily
+                )
+                self.keepWeekly = try container.decodeIfPresent(
+                    Swift.Int64.self,
+                    forKey: .keepWeekly
+                )
+                self.keepMonthly = try container.decodeIfPresent(
+                    Swift.Int64.self,
+                    forKey: .keepMonthly
+                )
+                self.nextAt = try container.decodeIfPresent(
+                    Swift.Int64.self,
+                    forKey: .nextAt
+                )
+                try decoder.ensureNoAdditionalProperties(knownKeys: [
+                    "intervalSeconds",
+                    "keepLast",
+                    "keepDaily",
+                    "keepWeekly",
+                    "keepMonthly",
+                    "nextAt"
+                ])
+            }
+        }
+        /// - Remark: Generated from `#/components/schemas/RestoreRequest`.
+        public struct RestoreRequest: Codable, Hashable, Sendable {
+            /// the new VM's (default: the backed-up VM's with -restored)
+            ///
+            /// - Remark: Generated from `#/components/schemas/RestoreRequest/name`.
+            public var name: Components.Schemas.Name?
+            /// start the VM once its disks are restored (default true)
+            ///
+            /// - Remark: Generated from `#/components/schemas/RestoreRequest/start`.
+            public var start: Swift.Bool?
+            /// Creates a new `RestoreRequest`.
+            ///
+            /// - Parameters:
+            ///   - name: the new VM's (default: the backed-up VM's with -restored)
+            ///   - start: start the VM once its disks are restored (default true)
+            public init(
+                name: Components.Schemas.Name? = nil,
+                start: Swift.Bool? = nil
+            ) {
+                self.name = name
+                self.start = start
+            }
+            public enum CodingKeys: String, CodingKey {
+                case name
+                case start
+            }
+            public init(from decoder: any Swift.Decoder) throws {
+                let container = try decoder.container(keyedBy: CodingKeys.self)
+                self.name = try container.decodeIfPresent(
+                    Components.Schemas.Name.self,
+                    forKey: .name
+                )
+                self.start = try container.decodeIfPresent(
+                    Swift.Bool.self,
+                    forKey: .start
+                )
+                try decoder.ensureNoAdditionalProperties(knownKeys: [
+                    "name",
                     "start"
                 ])
             }

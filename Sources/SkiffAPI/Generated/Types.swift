@@ -92,6 +92,41 @@ public protocol APIProtocol: Sendable {
     /// - Remark: HTTP `GET /vms/{name}/logs`.
     /// - Remark: Generated from `#/paths//vms/{name}/logs/get(getLogs)`.
     func getLogs(_ input: Operations.GetLogs.Input) async throws -> Operations.GetLogs.Output
+    /// the VM's backup jobs, newest first (at most 100)
+    ///
+    /// - Remark: HTTP `GET /vms/{name}/backups`.
+    /// - Remark: Generated from `#/paths//vms/{name}/backups/get(listBackupJobs)`.
+    func listBackupJobs(_ input: Operations.ListBackupJobs.Input) async throws -> Operations.ListBackupJobs.Output
+    /// backs the VM's writable disks up to skiffd's backup server now (a running VM live, paused only for the moment its point in time is taken)
+    ///
+    /// - Remark: HTTP `POST /vms/{name}/backups`.
+    /// - Remark: Generated from `#/paths//vms/{name}/backups/post(backupVM)`.
+    func backupVM(_ input: Operations.BackupVM.Input) async throws -> Operations.BackupVM.Output
+    /// the VM's backup schedule and retention
+    ///
+    /// - Remark: HTTP `GET /vms/{name}/backup-policy`.
+    /// - Remark: Generated from `#/paths//vms/{name}/backup-policy/get(getBackupPolicy)`.
+    func getBackupPolicy(_ input: Operations.GetBackupPolicy.Input) async throws -> Operations.GetBackupPolicy.Output
+    /// backs the VM up every intervalSeconds, pruning its backups to what the keep counts say after each
+    ///
+    /// - Remark: HTTP `PUT /vms/{name}/backup-policy`.
+    /// - Remark: Generated from `#/paths//vms/{name}/backup-policy/put(setBackupPolicy)`.
+    func setBackupPolicy(_ input: Operations.SetBackupPolicy.Input) async throws -> Operations.SetBackupPolicy.Output
+    /// no more scheduled backups of the VM (its backups stay)
+    ///
+    /// - Remark: HTTP `DELETE /vms/{name}/backup-policy`.
+    /// - Remark: Generated from `#/paths//vms/{name}/backup-policy/delete(deleteBackupPolicy)`.
+    func deleteBackupPolicy(_ input: Operations.DeleteBackupPolicy.Input) async throws -> Operations.DeleteBackupPolicy.Output
+    /// one backup or restore job
+    ///
+    /// - Remark: HTTP `GET /backup-jobs/{id}`.
+    /// - Remark: Generated from `#/paths//backup-jobs/{id}/get(getBackupJob)`.
+    func getBackupJob(_ input: Operations.GetBackupJob.Input) async throws -> Operations.GetBackupJob.Output
+    /// a new VM from a backup of a VM of this host's, its disks restored into the new VM's directory
+    ///
+    /// - Remark: HTTP `POST /backups/{id}/restore`.
+    /// - Remark: Generated from `#/paths//backups/{id}/restore/post(restoreBackup)`.
+    func restoreBackup(_ input: Operations.RestoreBackup.Input) async throws -> Operations.RestoreBackup.Output
     /// lifecycle events, oldest first; optionally a stream of them as they happen
     ///
     /// - Remark: HTTP `GET /events`.
@@ -297,6 +332,101 @@ extension APIProtocol {
             path: path,
             query: query,
             headers: headers
+        ))
+    }
+    /// the VM's backup jobs, newest first (at most 100)
+    ///
+    /// - Remark: HTTP `GET /vms/{name}/backups`.
+    /// - Remark: Generated from `#/paths//vms/{name}/backups/get(listBackupJobs)`.
+    public func listBackupJobs(
+        path: Operations.ListBackupJobs.Input.Path,
+        headers: Operations.ListBackupJobs.Input.Headers = .init()
+    ) async throws -> Operations.ListBackupJobs.Output {
+        try await listBackupJobs(Operations.ListBackupJobs.Input(
+            path: path,
+            headers: headers
+        ))
+    }
+    /// backs the VM's writable disks up to skiffd's backup server now (a running VM live, paused only for the moment its point in time is taken)
+    ///
+    /// - Remark: HTTP `POST /vms/{name}/backups`.
+    /// - Remark: Generated from `#/paths//vms/{name}/backups/post(backupVM)`.
+    public func backupVM(
+        path: Operations.BackupVM.Input.Path,
+        headers: Operations.BackupVM.Input.Headers = .init()
+    ) async throws -> Operations.BackupVM.Output {
+        try await backupVM(Operations.BackupVM.Input(
+            path: path,
+            headers: headers
+        ))
+    }
+    /// the VM's backup schedule and retention
+    ///
+    /// - Remark: HTTP `GET /vms/{name}/backup-policy`.
+    /// - Remark: Generated from `#/paths//vms/{name}/backup-policy/get(getBackupPolicy)`.
+    public func getBackupPolicy(
+        path: Operations.GetBackupPolicy.Input.Path,
+        headers: Operations.GetBackupPolicy.Input.Headers = .init()
+    ) async throws -> Operations.GetBackupPolicy.Output {
+        try await getBackupPolicy(Operations.GetBackupPolicy.Input(
+            path: path,
+            headers: headers
+        ))
+    }
+    /// backs the VM up every intervalSeconds, pruning its backups to what the keep counts say after each
+    ///
+    /// - Remark: HTTP `PUT /vms/{name}/backup-policy`.
+    /// - Remark: Generated from `#/paths//vms/{name}/backup-policy/put(setBackupPolicy)`.
+    public func setBackupPolicy(
+        path: Operations.SetBackupPolicy.Input.Path,
+        headers: Operations.SetBackupPolicy.Input.Headers = .init(),
+        body: Operations.SetBackupPolicy.Input.Body
+    ) async throws -> Operations.SetBackupPolicy.Output {
+        try await setBackupPolicy(Operations.SetBackupPolicy.Input(
+            path: path,
+            headers: headers,
+            body: body
+        ))
+    }
+    /// no more scheduled backups of the VM (its backups stay)
+    ///
+    /// - Remark: HTTP `DELETE /vms/{name}/backup-policy`.
+    /// - Remark: Generated from `#/paths//vms/{name}/backup-policy/delete(deleteBackupPolicy)`.
+    public func deleteBackupPolicy(
+        path: Operations.DeleteBackupPolicy.Input.Path,
+        headers: Operations.DeleteBackupPolicy.Input.Headers = .init()
+    ) async throws -> Operations.DeleteBackupPolicy.Output {
+        try await deleteBackupPolicy(Operations.DeleteBackupPolicy.Input(
+            path: path,
+            headers: headers
+        ))
+    }
+    /// one backup or restore job
+    ///
+    /// - Remark: HTTP `GET /backup-jobs/{id}`.
+    /// - Remark: Generated from `#/paths//backup-jobs/{id}/get(getBackupJob)`.
+    public func getBackupJob(
+        path: Operations.GetBackupJob.Input.Path,
+        headers: Operations.GetBackupJob.Input.Headers = .init()
+    ) async throws -> Operations.GetBackupJob.Output {
+        try await getBackupJob(Operations.GetBackupJob.Input(
+            path: path,
+            headers: headers
+        ))
+    }
+    /// a new VM from a backup of a VM of this host's, its disks restored into the new VM's directory
+    ///
+    /// - Remark: HTTP `POST /backups/{id}/restore`.
+    /// - Remark: Generated from `#/paths//backups/{id}/restore/post(restoreBackup)`.
+    public func restoreBackup(
+        path: Operations.RestoreBackup.Input.Path,
+        headers: Operations.RestoreBackup.Input.Headers = .init(),
+        body: Operations.RestoreBackup.Input.Body
+    ) async throws -> Operations.RestoreBackup.Output {
+        try await restoreBackup(Operations.RestoreBackup.Input(
+            path: path,
+            headers: headers,
+            body: body
         ))
     }
     /// lifecycle events, oldest first; optionally a stream of them as they happen

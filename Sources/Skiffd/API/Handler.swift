@@ -42,7 +42,7 @@ struct Handler: APIProtocol {
             guard case .json(let c) = input.body else { throw ManagerError.invalid("send application/json") }
             let r = c.resources
             let spec = VMSpec(kernel: c.kernel, initrd: c.initrd, cmdline: c.cmdline, cpus: c.cpus ?? 1, memoryMiB: c.memoryMiB ?? 128,
-                              disks: (c.disks ?? []).map { .init(path: $0.path, readOnly: $0.readOnly ?? false) },
+                              disks: (c.disks ?? []).map { .init(path: $0.path, readOnly: $0.readOnly ?? false, changeTracking: $0.changeTracking) },
                               snapshot: c.snapshot, cloneIndex: nil,
                               resources: .init(cpuShares: r?.cpuShares, cpuLimit: r?.cpuLimit, cpuReservation: r?.cpuReservation,
                                                memoryLimitMiB: r?.memoryLimitMiB, memoryReservationMiB: r?.memoryReservationMiB))
@@ -161,7 +161,7 @@ struct Handler: APIProtocol {
         let s = try JSON.decode(VMSpec.self, r.spec)
         let labels = (try? JSON.decode([String: String].self, r.labels)) ?? [:]
         return .init(name: r.name, id: r.id, labels: .init(additionalProperties: labels), kernel: s.kernel, initrd: s.initrd, cmdline: s.cmdline,
-                     cpus: s.cpus, memoryMiB: s.memoryMiB, disks: s.disks.map { .init(path: $0.path, readOnly: $0.readOnly) },
+                     cpus: s.cpus, memoryMiB: s.memoryMiB, disks: s.disks.map { .init(path: $0.path, readOnly: $0.readOnly, changeTracking: $0.tracked) },
                      snapshot: s.snapshot, restartPolicy: .init(rawValue: r.restartPolicy) ?? .no,
                      resources: .init(cpuShares: s.resources.cpuShares, cpuLimit: s.resources.cpuLimit, cpuReservation: s.resources.cpuReservation,
                                       memoryLimitMiB: s.resources.memoryLimitMiB, memoryReservationMiB: s.resources.memoryReservationMiB),

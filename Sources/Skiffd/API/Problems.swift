@@ -25,6 +25,13 @@ extension Operations.CloneVM.Output: ProblemOutput {}
 extension Operations.GetLogs.Output: ProblemOutput {}
 extension Operations.GetEvents.Output: ProblemOutput {}
 extension Operations.GetUsage.Output: ProblemOutput {}
+extension Operations.BackupVM.Output: ProblemOutput {}
+extension Operations.ListBackupJobs.Output: ProblemOutput {}
+extension Operations.GetBackupJob.Output: ProblemOutput {}
+extension Operations.RestoreBackup.Output: ProblemOutput {}
+extension Operations.GetBackupPolicy.Output: ProblemOutput {}
+extension Operations.SetBackupPolicy.Output: ProblemOutput {}
+extension Operations.DeleteBackupPolicy.Output: ProblemOutput {}
 
 func problem(_ error: any Error) -> (status: Int, body: Components.Schemas.Problem) {
     let e = error as? ManagerError ?? .internal("\(error)")

@@ -33,6 +33,8 @@ public struct Daemon: Sendable {
         public var tlsKey: String?
         /// Creates beyond this many VMs are refused (422).
         public var maxVMs = 1000
+        /// Where `POST /vms/{name}/backups` and schedules send backups.
+        public var backupTarget: BackupTarget?
         public init() {}
     }
 
@@ -55,7 +57,7 @@ public struct Daemon: Sendable {
 
         let store = try Store(path: options.stateDirectory + "/skiffd.sqlite")
         let manager = Manager(store: store, stateDirectory: options.stateDirectory, skiff: options.skiff,
-                              maxVMs: options.maxVMs, logger: logger)
+                              maxVMs: options.maxVMs, backupTarget: options.backupTarget, logger: logger)
         let report = try await manager.recover()
         logger.info("skiffd \(Handler.version): state \(options.stateDirectory), \(report)")
 

@@ -15,11 +15,12 @@ enum VMProcess {
         let start: Int64
     }
 
-    /// Starts `skiff ARGS` with its console (stdout and stderr) appended to
-    /// `console`, stdin from the FIFO `input` (what `attach` writes), in a
-    /// new session, with no descriptor of skiffd's.
-    static func spawn(skiff: String, arguments: [String], input: String, console: String) throws -> Identity {
-        let argv = ([skiff] + arguments).map { strdup($0) } + [nil]
+    /// Starts `EXECUTABLE ARGS` (`skiff run ...`, or a backup job) with its
+    /// console (stdout and stderr) appended to `console`, stdin from
+    /// `input` (the FIFO `attach` writes), in a new session, with no
+    /// descriptor of skiffd's.
+    static func spawn(_ executable: String, arguments: [String], input: String, console: String) throws -> Identity {
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
         let environment = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"] + ["SKIFF_CACHE", "SKIFF_KVM_DEVICE", "HOME"].compactMap { k in
@@ -27,8 +28,8 @@ enum VMProcess {
         }
         let envp = environment.map { strdup($0) } + [nil]
         defer { envp.forEach { free($0) } }
-        let r = cskiffd_spawn(skiff, argv, envp, input, console, &pid)
-        guard r == 0 else { throw ManagerError.internal("starting \(skiff): \(String(cString: strerror(r)))") }
+        let r = cskiffd_spawn(executable, argv, envp, input, console, &pid)
+        guard r == 0 else { throw ManagerError.internal("starting \(executable): \(String(cString: strerror(r)))") }
         // The start time is read at once: the child exists (a zombie at worst) until reaped.
         return Identity(pid: pid, start: startTime(pid) ?? 0)
     }

@@ -30,9 +30,17 @@ actor Manager {
     var reconcileCount = 0
     /// A meter tick is taking its readings.
     var metering = false
+    /// skiffd --backup-server ...: where `backup` sends VMs' disks.
+    let backupTarget: BackupTarget?
+    /// This executable: backup jobs are `skiffd --client backup ...` processes of their own.
+    let tool: String
 
-    init(store: Store, stateDirectory: String, skiff: String, maxVMs: Int = 1000, logger: Logger) {
+    init(store: Store, stateDirectory: String, skiff: String, maxVMs: Int = 1000, backupTarget: BackupTarget? = nil, logger: Logger) {
         self.store = store
+        self.backupTarget = backupTarget
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        self.tool = n > 0 ? String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
         self.cgroups = Cgroups.detect()
         self.stateDirectory = stateDirectory
         self.skiff = skiff
@@ -54,7 +62,7 @@ actor Manager {
         var start = true
     }
 
-    func create(_ r: CreateRequest) throws -> VMRecord {
+    func create(_ r: CreateRequest, id: String = Manager.newID()) throws -> VMRecord {
         if let p = Names.problem(r.name) { throw ManagerError.invalid(p) }
         try validate(r.spec)
         guard r.labels.count <= 64 else { throw ManagerError.invalid("at most 64 labels") }
@@ -76,7 +84,7 @@ actor Manager {
         }
         if r.start { try admit(r.spec, excluding: nil) }
         let now = Int64(Date().timeIntervalSince1970)
-        let vm = VMRecord(id: Self.newID(), name: r.name, spec: try JSON.encode(r.spec), labels: try JSON.encode(r.labels),
+        let vm = VMRecord(id: id, name: r.name, spec: try JSON.encode(r.spec), labels: try JSON.encode(r.labels),
                           restartPolicy: r.restartPolicy.rawValue, desired: (r.start ? DesiredState.running : .stopped).rawValue,
                           observed: VMState.created.rawValue, pid: nil, pidStart: nil, exitStatus: nil, stopReason: nil,
                           restarts: 0, restartAt: nil, createdAt: now, startedAt: nil, stoppedAt: nil, generation: 0)
@@ -176,7 +184,7 @@ actor Manager {
             if let cgroup { try cgroups.prepare(cgroup, spec.resources) }
             try Console.rotate(dir.console)
             try Console.makeInput(dir.consoleInput)
-            let id = try VMProcess.spawn(skiff: skiff, arguments: spec.arguments(directory: dir, cgroup: cgroup),
+            let id = try VMProcess.spawn(skiff, arguments: spec.arguments(directory: dir, cgroup: cgroup),
                                          input: dir.consoleInput, console: dir.console)
             children.insert(id.pid)
             meter.started(vm.name, generation: starting.generation)
@@ -309,6 +317,8 @@ actor Manager {
             _ = try VMRecord.deleteOne(db, key: vm.id)
             try db.execute(sql: "DELETE FROM meterSample WHERE vm = ?", arguments: [vm.name])
             try db.execute(sql: "DELETE FROM snapshot WHERE vm = ?", arguments: [vm.name])
+            try db.execute(sql: "DELETE FROM backupPolicy WHERE vm = ?", arguments: [vm.name])
+            try db.execute(sql: "DELETE FROM backupJob WHERE vm = ? AND state != 'running'", arguments: [vm.name])
         }
     }
 

@@ -46,6 +46,7 @@ extension Manager {
                 }
             }
         }
+        try reconcileBackups()
         guard !starting.isEmpty else { return false }
         let sockets = starting.map(\.socket)
         let answered = await Blocking.run { ControlChannel.answering(sockets, timeoutMs: 200) }

@@ -54,6 +54,9 @@ extension Manager {
         let base = prefix ?? "\(name)-clone"
         var spec = try JSON.decode(VMSpec.self, vm.spec)
         spec.snapshot = snap.path
+        // Clones share the base's disks: one changed-block map cannot serve
+        // several writers (the second VMM would find it locked).
+        for i in spec.disks.indices { spec.disks[i].changeTracking = false }
         // Clone numbers go on from the VMs already restored from this snapshot.
         let first = try highestCloneIndex(snap.path).map { $0 + 1 } ?? 0
         var made: [VMRecord] = []

@@ -4,6 +4,14 @@ struct VMSpec: Codable, Sendable, Equatable {
     struct Disk: Codable, Sendable, Equatable {
         var path: String
         var readOnly: Bool
+        /// A changed-block map (`PATH.cbt`) for incremental and live
+        /// backups; nil (rows from before it) means the default, on for a
+        /// writable disk.
+        var changeTracking: Bool? = nil
+
+        var tracked: Bool { !readOnly && changeTracking != false }
+        /// `PATH[,ro|,cbt]` for `--disk`.
+        var option: String { path + (readOnly ? ",ro" : tracked ? ",cbt" : "") }
     }
     struct Resources: Codable, Sendable, Equatable {
         /// Relative CPU weight (cgroup v2 cpu.weight, v1 cpu.shares scaled); 100 is the default.
@@ -37,14 +45,14 @@ struct VMSpec: Codable, Sendable, Equatable {
         var a: [String]
         if let snapshot {
             a = ["restore", snapshot]
-            for d in disks { a += ["--disk", d.path + (d.readOnly ? ",ro" : "")] }
+            for d in disks { a += ["--disk", d.option] }
             if let cloneIndex { a += ["--clone-index", String(cloneIndex)] }
         } else {
             a = ["run", "--cpus", String(cpus), "--memory", String(memoryMiB)]
             if let kernel { a += ["--kernel", kernel] }
             if let initrd { a += ["--initrd", initrd] }
             if let cmdline { a += ["--cmdline", cmdline] }
-            for d in disks { a += ["--disk", d.path + (d.readOnly ? ",ro" : "")] }
+            for d in disks { a += ["--disk", d.option] }
         }
         a += ["--control-socket", directory.controlSocket, "--exit-file", directory.exitFile]
         if let cgroup { a += ["--cgroup", cgroup] }
@@ -79,5 +87,7 @@ struct VMDirectory: Sendable {
     var exitFile: String { path + "/exit" }
     var console: String { path + "/console.log" }
     var snapshots: String { path + "/snapshots" }
+    /// Backup jobs' files, and a live backup's copy-before-write files.
+    var backups: String { path + "/backups" }
     func snapshot(_ name: String) -> String { snapshots + "/" + name }
 }

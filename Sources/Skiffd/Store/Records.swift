@@ -83,3 +83,41 @@ struct UsageRecord: Codable, FetchableRecord, PersistableRecord, Sendable {
     var secondsPaused: Double
     var snapshotBytes: Int64
 }
+
+/// A backup of a VM to the backup server, or a restore of one into a new
+/// VM: a `skiff backup` process of its own (`BackupJobs`), which outlives
+/// a skiffd that dies meanwhile. The row is written before the process
+/// starts; its status file says how it ended.
+struct BackupJobRecord: Codable, FetchableRecord, PersistableRecord, Sendable, Equatable {
+    static let databaseTableName = "backupJob"
+    var id: Int64?
+    /// backup | restore
+    var kind: String
+    /// The VM backed up, or the new VM a restore makes.
+    var vm: String
+    /// api | schedule
+    var trigger: String
+    /// running | succeeded | failed | interrupted
+    var state: String
+    var pid: Int64?
+    var pidStart: Int64?
+    /// The backup's id on the server: the one made, or the one restored.
+    var backup: String?
+    /// The report (JSON) of a finished job, or why it failed.
+    var detail: String?
+    var startedAt: Int64
+    var endedAt: Int64?
+}
+
+/// A VM's backup schedule and what its pruning keeps.
+struct BackupPolicyRecord: Codable, FetchableRecord, PersistableRecord, Sendable, Equatable {
+    static let databaseTableName = "backupPolicy"
+    var vm: String
+    var intervalSeconds: Int64
+    var keepLast: Int64
+    var keepDaily: Int64
+    var keepWeekly: Int64
+    var keepMonthly: Int64
+    /// When the next scheduled backup is due (Unix seconds).
+    var nextAt: Int64
+}

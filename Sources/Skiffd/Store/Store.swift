@@ -85,6 +85,30 @@ final class Store: Sendable {
                 t.column("sample", .text).notNull()
             }
         }
+        m.registerMigration("v3-backup") { db in
+            try db.create(table: "backupJob") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("kind", .text).notNull()
+                t.column("vm", .text).notNull()
+                t.column("trigger", .text).notNull()
+                t.column("state", .text).notNull()
+                t.column("pid", .integer)
+                t.column("pidStart", .integer)
+                t.column("backup", .text)
+                t.column("detail", .text)
+                t.column("startedAt", .integer).notNull()
+                t.column("endedAt", .integer)
+            }
+            try db.create(table: "backupPolicy") { t in
+                t.primaryKey("vm", .text)
+                t.column("intervalSeconds", .integer).notNull()
+                t.column("keepLast", .integer).notNull()
+                t.column("keepDaily", .integer).notNull()
+                t.column("keepWeekly", .integer).notNull()
+                t.column("keepMonthly", .integer).notNull()
+                t.column("nextAt", .integer).notNull()
+            }
+        }
         return m
     }
 

@@ -1,0 +1,146 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// Issue 12 through skiffd: `skiff backup VM` of a running VM (a real
+/// skiffd, a real backup server, the blkbench probe writing its disk),
+/// schedules with pruning, a skiffd killed while its backup runs, and
+/// `skiff restore-backup` to a new VM.
+final class ManagedBackupTests: XCTestCase {
+    /// Waits for a job to end; returns it.
+    func waitJob(_ m: ManagerHarness, _ id: Int, timeout: Double = 120) throws -> [String: Any] {
+        let deadline = Date().addingTimeInterval(timeout)
+        var last: [String: Any] = [:]
+        while Date() < deadline {
+            last = try m.api("GET", "/backup-jobs/\(id)").object
+            if let s = last["state"] as? String, s != "running" { return last }
+            usleep(100_000)
+        }
+        XCTFail("job \(id) still running after \(timeout) s: \(last)")
+        return last
+    }
+
+    /// Waits until the VM's console shows `text` `count` times.
+    func waitConsole(_ m: ManagerHarness, _ vm: String, _ text: String, count: Int = 1, timeout: Double = 60) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        var log = ""
+        while Date() < deadline {
+            log = try m.api("GET", "/vms/\(vm)/logs").body
+            if log.components(separatedBy: text).count - 1 >= count { return }
+            usleep(100_000)
+        }
+        XCTFail("\(vm)'s console has not shown \(text) \(count) times: \(log.suffix(500))")
+    }
+
+    func testBackupScheduleKillAndRestoreThroughSkiffd() throws {
+        let b = try BackupHarness("managed")
+        defer { b.tearDown() }
+        try b.start()
+        let m = try ManagerHarness("mbackup")
+        defer { m.tearDown() }
+        try m.start(extra: ["--backup-server", b.url, "--backup-token-file", b.tokenFiles["h1"]!])
+        let cli = ["SKIFFD_SOCKET": m.socket, "SKIFFD_BIN": ManagerHarness.skiffd]
+
+        let disk = m.root + "/disk.img"
+        try BackupHarness.image(disk, mib: 64)
+        try BackupHarness.scribble(disk, seed: 3, permille: 200, cbt: false)
+        // blkwrite writes its 8 extents (the same each start), then idles.
+        let probe: [String: Any] = ["name": "w", "kernel": Harness.probe("blkwrite"), "memoryMiB": 128, "disks": [["path": disk]],
+                                    "cmdline": "seed=4 extents=8 permille=20 stay"]
+        XCTAssertEqual(try m.create(probe).status, 201)
+        try m.waitFor("w", "running")
+        try waitConsole(m, "w", "BLKWRITE done")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: disk + ".cbt"), "a writable disk of skiffd's is tracked by default")
+
+        // A live backup through the CLI, which waits for the job.
+        var r = try Harness.skiff(["backup", "w", "--json"], timeout: 120, environment: cli)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        let first = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
+        XCTAssertEqual(first["state"] as? String, "succeeded", "\(first)")
+        XCTAssertEqual(first["mode"] as? String, "full")
+        XCTAssertEqual(first["consistency"] as? String, "crash-consistent")
+        XCTAssertGreaterThan(first["bytesRead"] as? Int ?? 0, 10 << 20)
+        // Nothing written since: the next reads nothing.
+        var reply = try m.api("POST", "/vms/w/backups")
+        XCTAssertEqual(reply.status, 202, reply.body)
+        let second = try waitJob(m, try XCTUnwrap(reply.object["id"] as? Int))
+        XCTAssertEqual(second["state"] as? String, "succeeded", "\(second)")
+        XCTAssertEqual(second["mode"] as? String, "incremental", "\(second)")
+        XCTAssertEqual(second["bytesRead"] as? Int, 0, "\(second)")
+        // Restarted, the guest writes its 8 extents again: only their chunks are read.
+        XCTAssertEqual(try m.api("POST", "/vms/w/stop", #"{"timeoutSeconds": 2}"#).status, 200)
+        try m.waitFor("w", "stopped")
+        XCTAssertEqual(try m.api("POST", "/vms/w/start").status, 200)
+        try m.waitFor("w", "running")
+        try waitConsole(m, "w", "BLKWRITE done", count: 2)
+
+        // skiffd killed while a backup runs: the job is a process of its
+        // own, it goes on, and the next skiffd finds how it ended.
+        reply = try m.api("POST", "/vms/w/backups")
+        XCTAssertEqual(reply.status, 202, reply.body)
+        let killedDuring = try XCTUnwrap(reply.object["id"] as? Int)
+        m.crash()
+        try m.start(extra: ["--backup-server", b.url, "--backup-token-file", b.tokenFiles["h1"]!])
+        let third = try waitJob(m, killedDuring)
+        XCTAssertEqual(third["state"] as? String, "succeeded", "\(third)")
+        XCTAssertEqual(third["mode"] as? String, "incremental", "\(third)")
+        let read = third["bytesRead"] as? Int ?? 0
+        XCTAssertGreaterThan(read, 0, "\(third)")
+        XCTAssertLessThanOrEqual(read, 16 << 20, "8 extents touch at most 16 chunks of 1 MiB: \(third)")
+        XCTAssertEqual(try m.vm("w")["observed"] as? String, "running", "the VM ran on")
+        XCTAssertEqual(try b.backup(["verify"]).status, 0)
+
+        // Bad requests change nothing.
+        XCTAssertEqual(try m.api("POST", "/vms/nosuch/backups").status, 404)
+        XCTAssertEqual(try m.api("GET", "/backup-jobs/999999").status, 404)
+        XCTAssertEqual(try m.api("PUT", "/vms/w/backup-policy", #"{"intervalSeconds": 1}"#).status, 400)
+        XCTAssertEqual(try m.api("PUT", "/vms/w/backup-policy", #"{"intervalSeconds": 60, "keepLast": -1}"#).status, 400)
+        XCTAssertEqual(try m.api("GET", "/vms/w/backup-policy").status, 404)
+        XCTAssertEqual(try m.api("POST", "/backups/19700101T000000.000Z/restore", #"{"name": "x"}"#).status, 404)
+        XCTAssertEqual(try m.api("POST", "/backups/-x/restore", #"{"name": "x"}"#).status, 400)
+        XCTAssertEqual(try m.create(["name": "nodisk", "kernel": Harness.probe("echo"), "start": false]).status, 201)
+        reply = try m.api("POST", "/vms/nodisk/backups")
+        XCTAssertEqual(reply.status, 400, reply.body)
+        XCTAssertTrue(reply.detail.contains("no writable disk"), reply.detail)
+
+        // A schedule: every 5 s, the last 2 kept.
+        reply = try m.api("PUT", "/vms/w/backup-policy", #"{"intervalSeconds": 5, "keepLast": 2}"#)
+        XCTAssertEqual(reply.status, 200, reply.body)
+        let deadline = Date().addingTimeInterval(60)
+        var scheduled: [[String: Any]] = []
+        while Date() < deadline {
+            let jobs = try m.api("GET", "/vms/w/backups").object["items"] as? [[String: Any]] ?? []
+            scheduled = jobs.filter { $0["trigger"] as? String == "schedule" && $0["state"] as? String == "succeeded" }
+            if scheduled.count >= 2 { break }
+            usleep(500_000)
+        }
+        XCTAssertGreaterThanOrEqual(scheduled.count, 2, "two scheduled backups in 60 s")
+        XCTAssertEqual(try m.api("DELETE", "/vms/w/backup-policy").status, 204)
+        // Pruned after each: the last 2 remain (the prune of the last may still be on its way).
+        var kept = try b.ids().count
+        for _ in 0..<50 where kept != 2 { usleep(200_000); kept = try b.ids().count }
+        XCTAssertEqual(kept, 2, "keep-last 2")
+
+        // Stopped, backed up offline, restored to a new VM: its disk is w's.
+        XCTAssertEqual(try m.api("POST", "/vms/w/stop", #"{"timeoutSeconds": 5}"#).status, 200)
+        try m.waitFor("w", "stopped")
+        r = try Harness.skiff(["backup", "w", "--json"], timeout: 120, environment: cli)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        let offline = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(offline["consistency"] as? String, "offline", "\(offline)")
+        let id = try XCTUnwrap(offline["backup"] as? String)
+        r = try Harness.skiff(["restore-backup", id, "--name", "w2", "--no-start"], timeout: 120, environment: cli)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        let w2 = try m.vm("w2")
+        XCTAssertEqual(w2["observed"] as? String, "created")
+        let restored = try XCTUnwrap(((w2["disks"] as? [[String: Any]])?.first?["path"]) as? String)
+        XCTAssertTrue(restored.hasPrefix(m.state + "/vms/"), restored)
+        XCTAssertTrue(try BackupHarness.same(disk, restored), "the restored VM's disk is the backed-up one")
+        XCTAssertEqual(try m.api("POST", "/vms/w2/start").status, 200)
+        try m.waitFor("w2", "running")
+        // A name that is taken: refused, nothing made.
+        reply = try m.api("POST", "/backups/\(id)/restore", #"{"name": "w"}"#)
+        XCTAssertEqual(reply.status, 409, reply.body)
+        XCTAssertEqual(try m.vms().count, 3)
+    }
+}
