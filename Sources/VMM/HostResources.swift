@@ -3,6 +3,7 @@ import Devices
 import Glibc
 import KVM
 import Machine
+import SkiffControl
 
 /// Everything of the host a VM uses, opened by whoever has the privilege
 /// (the launcher, before it jails the VMM) and handed to the VMM as file
@@ -17,6 +18,9 @@ public final class HostResources: @unchecked Sendable {
     public let disks: [Int32]
     /// Each disk's changed-block map, if it is tracked.
     public let changeMaps: [ChangedBlockMapFile?]
+    /// Each disk's live-restore filler, while it is still arriving: its
+    /// flags file and a socket connected to the filler.
+    public let fills: [(flags: Int32, socket: Int32)?]
     public let taps: [(fd: Int32, name: String)]
     public let vsockListener: Int32?
     public let controlListener: Int32?
@@ -52,11 +56,15 @@ public final class HostResources: @unchecked Sendable {
         opened.append(kvm)
         var disks: [Int32] = []
         var maps: [ChangedBlockMapFile?] = []
+        var fills: [(flags: Int32, socket: Int32)?] = []
         for d in config.disks {
             let fd = try Block.open(d)
             opened.append(fd)
             disks.append(fd)
             maps.append(try Block.openChangeMap(d))
+            let fill = try Self.openFill(d)
+            if let fill { opened += [fill.flags, fill.socket] }
+            fills.append(fill)
         }
         var taps: [(fd: Int32, name: String)] = []
         for n in config.nets {
@@ -81,6 +89,7 @@ public final class HostResources: @unchecked Sendable {
         }
         self.disks = disks
         self.changeMaps = maps
+        self.fills = fills
         self.taps = taps
         self.vsockListener = vsockListener
         self.controlListener = controlListener
@@ -90,7 +99,24 @@ public final class HostResources: @unchecked Sendable {
 
     /// The descriptors a jailed VMM keeps.
     public var descriptors: [Int32] {
-        [kvm] + disks + changeMaps.compactMap { $0?.fd } + taps.map(\.fd) + [vsockListener, controlListener].compactMap { $0 }
+        [kvm] + disks + changeMaps.compactMap { $0?.fd } + fills.flatMap { $0.map { [$0.flags, $0.socket] } ?? [] } + taps.map(\.fd)
+            + [vsockListener, controlListener].compactMap { $0 }
+    }
+
+    /// A disk given `fill=SOCKET`: its flags file and the filler, connected.
+    /// No flags file means the restore has finished: a plain disk.
+    static func openFill(_ d: Block.Options) throws -> (flags: Int32, socket: Int32)? {
+        guard let socket = d.fillSocket else { return nil }
+        let flags = open(d.fillFlagsPath, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        if flags < 0 && errno == ENOENT { return nil }
+        guard flags >= 0 else { throw BlockError("disk \(d.path): its live restore's flags \(d.fillFlagsPath): \(String(cString: strerror(errno)))") }
+        let fd = UnixSocket.connect(socket, timeoutMs: 5000)
+        guard fd >= 0 else {
+            let e = String(cString: strerror(errno))
+            close(flags)
+            throw BlockError("disk \(d.path): its live restore's filler \(socket): \(e) (is `skiff backup restore --live` running?)")
+        }
+        return (flags, fd)
     }
 
     /// Closes this process's copies (a launcher, once the VMM has them).

@@ -216,7 +216,7 @@ extension VirtualMachine {
         var transports: [MMIOTransport] = []
         var devices: [(any VirtioDevice, String)] = []
         for (i, (disk, fd)) in zip(config.disks, resources.disks).enumerated() {
-            devices.append((try Block(disk, fd: fd, changeMap: resources.changeMaps[i]), "virtio-blk \(disk.path) (vd\(Character(UnicodeScalar(UInt8(97 + i)))))"))
+            devices.append((try Block(disk, fd: fd, changeMap: resources.changeMaps[i], fill: resources.fills[i]), "virtio-blk \(disk.path) (vd\(Character(UnicodeScalar(UInt8(97 + i)))))"))
         }
         for (n, tap) in zip(config.nets, resources.taps) {
             devices.append((Net(n, tap: tap.fd, interfaceName: tap.name), "virtio-net tap \(tap.name)"))

@@ -13,7 +13,7 @@ let usage = """
 usage: skiff run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--append TEXT]...
                  [--cpus N]
                  [--memory MIB] [--cpu-template host|pvm]
-                 [--disk PATH[,ro][,id=NAME][,direct][,cbt]]... [--rng]
+                 [--disk PATH[,ro][,id=NAME][,direct][,cbt][,fill=SOCKET]]... [--rng]
                  [--net tap=NAME[,mac=MAC][,host=ADDR/PREFIX][,bridge=BR][,nat]]...
                  [--vsock cid=N,socket=PATH]
                  [--balloon [size=MIB][,no-deflate-on-oom][,no-reporting]]
@@ -226,7 +226,7 @@ struct RunOptions {
 }
 
 extension RunOptions {
-    /// PATH[,ro][,id=NAME][,direct]
+    /// PATH[,ro][,id=NAME][,direct][,cbt][,fill=SOCKET]
     static func disk(_ spec: String) throws(ConfigurationError) -> Block.Options {
         let parts = spec.utf8.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).map { String(Substring($0)) }
         guard let path = parts.first, !path.isEmpty else { throw ConfigurationError("--disk \(spec): no path") }
@@ -236,7 +236,8 @@ extension RunOptions {
             else if p == "direct" { options.direct = true }
             else if p == "cbt" { options.changeTracking = true }
             else if p.hasPrefix("id=") { options.id = String(p.dropFirst(3)) }
-            else { throw ConfigurationError("--disk \(spec): unknown option '\(p)' (ro, id=NAME, direct, cbt)") }
+            else if p.hasPrefix("fill=") && p.count > 5 { options.fillSocket = String(p.dropFirst(5)) }
+            else { throw ConfigurationError("--disk \(spec): unknown option '\(p)' (ro, id=NAME, direct, cbt, fill=SOCKET)") }
         }
         return options
     }

@@ -122,10 +122,37 @@ struct BackupCommand: AsyncParsableCommand {
         @Option(help: "Where each disk goes (repeat for each, in order).") var diskOutput: [String]
         @Option(help: "The key the backup was encrypted with.") var keyFile: String?
         @Flag(help: "Replace output files that exist.") var force = false
+        @Option(help: ArgumentHelp("Live: serve each disk on this socket while it is restored (one per --disk-output); start the VM at once with --disk OUTPUT,fill=SOCKET.",
+                                   valueName: "socket")) var live: [String] = []
         @Flag(help: "Print the report as JSON.") var json = false
 
         func run() async throws {
             let key = try keyFile.map { f in do { return try BackupKey.load(f) } catch { throw CLIError("\(error)") } }
+            if !live.isEmpty {
+                guard live.count == diskOutput.count else { throw ValidationError("give one --live socket for each --disk-output") }
+                let outputs = diskOutput.map { URL(fileURLWithPath: $0).path }, sockets = live.map { URL(fileURLWithPath: $0).path }
+                let (id, force) = (self.id, self.force)
+                let reports = try await withServer(server) { s in
+                    try await withThrowingTaskGroup(of: LiveRestore.Report.self) { group in
+                        for (i, (output, socket)) in zip(outputs, sockets).enumerated() {
+                            group.addTask {
+                                try await LiveRestore.run(id: id, index: i, output: output, socket: socket, key: key, overwrite: force, server: s) {
+                                    FileHandle.standardError.write(Data("skiff: \(output) is ready: start the VM with --disk \(output),fill=\(socket)\n".utf8))
+                                }
+                            }
+                        }
+                        var all: [LiveRestore.Report] = []
+                        for try await r in group { all.append(r) }
+                        return all.sorted { $0.disk < $1.disk }
+                    }
+                }
+                if json { try printJSON(reports); return }
+                for r in reports {
+                    print(String(format: "restored %@ to %@ live: %.1f MiB written, %.1f MiB fetched, %d chunks asked for by the VM first, %.2f s",
+                                 r.id, r.disk, Double(r.bytesWritten) / 1048576, Double(r.bytesFetched) / 1048576, r.askedFor, r.seconds))
+                }
+                return
+            }
             let r = try await withServer(server) {
                 try await DiskRestore.run(id: id, outputs: diskOutput.map { URL(fileURLWithPath: $0).path }, key: key, overwrite: force, server: $0)
             }

@@ -118,6 +118,92 @@ final class BackupTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: out + ".partial"))
     }
 
+    /// Live restore: a VM runs on the disk while it is still arriving. What
+    /// the guest writes meanwhile is never overwritten by the restore, and
+    /// the disk ends whole: byte for byte a full restore with the same
+    /// writes made on it after. Its flags file is gone at the end.
+    func testLiveRestoreRunsTheVMAtOnceAndKeepsItsWrites() throws {
+        let h = try BackupHarness("liverest")
+        defer { h.tearDown() }
+        try h.start()
+        let disk = h.root + "/disk.img"
+        try BackupHarness.image(disk, mib: 256)
+        try BackupHarness.scribble(disk, seed: 21, extents: 64, permille: 500, cbt: false)
+        let id = try XCTUnwrap(try h.create(vm: "a", disks: [disk])["id"] as? String)
+        let writes = "seed=22 extents=24 permille=40"
+        let expected = h.root + "/expected.img"
+        XCTAssertEqual(try h.backup(["restore", id, "--disk-output", expected]).status, 0)
+        var r = try Harness.skiff(["run", "--kernel", Harness.probe("blkwrite"), "--memory", "128", "--disk", expected, "--cmdline", writes], timeout: 120)
+        XCTAssertTrue(r.stdout.contains("BLKWRITE done"), r.stdout + r.stderr)
+
+        let out = h.root + "/live.img", socket = h.root + "/live.sock"
+        let filler = try Session(Harness.skiff, ["backup", "restore", id, "--disk-output", out, "--live", socket, "--json",
+                                                 "--server", h.url, "--token-file", h.tokenFiles["h1"]!], environment: BackupHarness.environment)
+        let deadline = Date().addingTimeInterval(30)
+        while access(socket, F_OK) != 0 && Date() < deadline && filler.isRunning { usleep(5_000) }
+        XCTAssertEqual(access(out + ".fill", F_OK), 0, "the flags file is there while the disk arrives")
+        r = try Harness.skiff(["run", "--kernel", Harness.probe("blkwrite"), "--memory", "128", "--disk", out + ",fill=" + socket, "--cmdline", writes], timeout: 120)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("BLKWRITE done"), r.stdout + r.stderr)
+        let f = filler.wait(timeout: 120)
+        XCTAssertEqual(f.status, 0, f.stdout + f.stderr)
+        let report = (try? JSONSerialization.jsonObject(with: Data(f.stdout.utf8)) as? [[String: Any]])?.first ?? [:]
+        print("live restore: \(report)")
+        let shown = try h.backup(["show", id, "--json"])
+        let stored = (((try? JSONSerialization.jsonObject(with: Data(shown.stdout.utf8))) as? [String: Any])?["disks"] as? [[String: Any]])?.first?["stored"] as? Int
+        XCTAssertEqual(report["bytesWritten"] as? Int, try XCTUnwrap(stored, shown.stdout + shown.stderr) << 20, "every stored chunk written once: \(report)")
+        XCTAssertTrue(try BackupHarness.same(expected, out), "the live-restored disk is the backup with the guest's writes")
+        XCTAssertNotEqual(access(out + ".fill", F_OK), 0, "complete: the flags file is gone")
+        // A disk whose restore finished runs as a plain one, fill= or not.
+        r = try Harness.skiff(["run", "--kernel", Harness.probe("blkwrite"), "--memory", "128", "--disk", out + ",fill=" + socket, "--cmdline", "seed=23 extents=1 permille=1"], timeout: 120)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+    }
+
+    /// A filler that lies (wrong chunk numbers, a yes for a chunk it did
+    /// not write, silence, a hang-up): the guest's requests fail with an
+    /// I/O error, the VMM goes on and ends normally.
+    func testLyingFillerFailsRequestsNotTheVMM() throws {
+        let root = "/var/tmp/skb-liar-\(getpid())"
+        try? FileManager.default.removeItem(atPath: root)
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let disk = root + "/disk.img"
+        try BackupHarness.image(disk, mib: 16)
+        FileManager.default.createFile(atPath: disk + ".fill", contents: Data(count: 16))
+        for lie in ["wrong", "yes", "hangup"] {
+            let socket = root + "/\(lie).sock"
+            let listener = try XCTUnwrap(Self.listen(socket))
+            let liar = Thread {
+                let c = accept(listener, nil, nil)
+                guard c >= 0 else { return }
+                var req: UInt32 = 0
+                while read(c, &req, 4) == 4 {
+                    if lie == "hangup" { break }
+                    var reply = lie == "wrong" ? req &+ 1 : req // "yes": the chunk's flag stays 0
+                    _ = write(c, &reply, 4)
+                }
+                close(c)
+            }
+            liar.start()
+            let r = try Harness.skiff(["run", "--kernel", Harness.probe("blkwrite"), "--memory", "128", "--disk", disk + ",fill=" + socket,
+                                       "--cmdline", "seed=1 extents=2 permille=10"], timeout: 120)
+            close(listener)
+            XCTAssertTrue(r.stdout.contains("BLKWRITE error"), "\(lie): the guest saw its request fail: \(r.stdout) \(r.stderr)")
+            XCTAssertFalse(r.stderr.contains("Fatal error"), "\(lie): \(r.stderr)")
+        }
+    }
+
+    static func listen(_ path: String) -> Int32? {
+        var a = sockaddr_un()
+        a.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &a.sun_path) { p in let b = Array(path.utf8); p.copyBytes(from: b); p[b.count] = 0 }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        unlink(path)
+        let ok = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } } == 0
+        guard ok, Glibc.listen(fd, 4) == 0 else { close(fd); return nil }
+        return fd
+    }
+
     /// The client or the server SIGKILLed at random points of a backup, 20
     /// times: afterwards verify passes, the next backup completes, and every
     /// earlier backup is still there and restores to what it was.

@@ -19,8 +19,11 @@ public final class Block: VirtioDevice {
         /// whose map file exists is tracked whether or not this is set, so a
         /// later run or restore cannot change it unseen.
         public var changeTracking = false
+        /// A live restore's filler (`DiskFill`): its socket; its flags file is `path.fill`.
+        public var fillSocket: String?
         public init(path: String) { self.path = path }
         public var changeMapPath: String { path + ".cbt" }
+        public var fillFlagsPath: String { path + ".fill" }
     }
 
     enum Feature {
@@ -44,6 +47,8 @@ public final class Block: VirtioDevice {
     private let worker = WorkerSlot()
     /// Changed-block tracking (a read-write disk with a map, `DISK.cbt`).
     public let tracker: ChangeTracker?
+    /// A disk still arriving (a live restore): chunks are waited for before they are touched.
+    public let fill: DiskFill?
 
     /// Opens the disk as `options` asks, for whoever has the privilege
     /// (a jailed VMM gets the file descriptor).
@@ -63,8 +68,10 @@ public final class Block: VirtioDevice {
     }
 
     /// A disk on `fd` (from `open`; closed with the device), its writes
-    /// tracked in `changeMap` if one is given.
-    public init(_ options: Options, fd: Int32, changeMap: ChangedBlockMapFile? = nil) throws(BlockError) {
+    /// tracked in `changeMap` if one is given, its chunks waited for
+    /// through `fill` (a flags file and the filler's socket) if it is still
+    /// being restored.
+    public init(_ options: Options, fd: Int32, changeMap: ChangedBlockMapFile? = nil, fill: (flags: Int32, socket: Int32)? = nil) throws(BlockError) {
         self.options = options
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG || st.st_mode & S_IFMT == S_IFBLK else {
@@ -83,6 +90,7 @@ public final class Block: VirtioDevice {
         capacitySectors = size / BlockRequest.sectorSize
         do {
             tracker = try changeMap.map { m throws(BlockError) in try ChangeTracker(file: m, disk: fd, diskBytes: size) }
+            self.fill = try fill.map { f throws(BlockError) in try DiskFill(flagsFd: f.flags, socket: f.socket, diskBytes: size) }
         } catch {
             close(fd)
             throw error
@@ -166,6 +174,7 @@ public final class Block: VirtioDevice {
         switch kind {
         case .read:
             guard r.fits(capacitySectors: capacitySectors) else { return .ioError }
+            guard arrived(r.sector * BlockRequest.sectorSize, r.dataLength) else { return .ioError }
             var position = off_t(r.sector * BlockRequest.sectorSize)
             var ok = true
             writable.visit(offset: 0, count: r.dataLength) { p, n in
@@ -178,6 +187,7 @@ public final class Block: VirtioDevice {
         case .write:
             guard !options.readOnly else { return .ioError }
             guard r.fits(capacitySectors: capacitySectors) else { return .ioError }
+            guard arrived(r.sector * BlockRequest.sectorSize, r.dataLength) else { return .ioError }
             let ok = tracked(r.sector * BlockRequest.sectorSize, r.dataLength) {
                 var position = off_t(r.sector * BlockRequest.sectorSize)
                 var ok = true
@@ -208,6 +218,7 @@ public final class Block: VirtioDevice {
             let limit = kind == .discard ? Self.maxDiscardSectors : Self.maxWriteZeroesSectors
             guard s.sector <= capacitySectors, UInt64(s.count) <= capacitySectors - s.sector, s.count <= limit else { return .ioError }
             let start = off_t(s.sector * BlockRequest.sectorSize), length = off_t(UInt64(s.count) * BlockRequest.sectorSize)
+            guard arrived(UInt64(start), UInt64(length)) else { return .ioError }
             let mode = kind == .discard || s.flags & 1 != 0 ? CKVM_FALLOC_PUNCH_HOLE | CKVM_FALLOC_KEEP_SIZE : CKVM_FALLOC_ZERO_RANGE
             let ok = tracked(UInt64(start), UInt64(length)) {
                 guard ckvm_fallocate(fd, mode, start, length) != 0 else { return true }
@@ -217,6 +228,13 @@ public final class Block: VirtioDevice {
             }
             return ok ? .ok : .ioError
         }
+    }
+
+    /// The range is all there (a disk still being restored waits for it).
+    @inline(__always)
+    func arrived(_ offset: UInt64, _ length: UInt64) -> Bool {
+        guard let fill else { return true }
+        return fill.ensure(offset: offset, length: length)
     }
 
     /// A change to the disk, marked in its map if it has one.
@@ -253,5 +271,5 @@ func fullIO(_ count: Int, _ op: (Int) -> Int) -> Bool {
 
 public struct BlockError: Error, CustomStringConvertible, Sendable {
     public let description: String
-    init(_ d: String) { description = d }
+    public init(_ d: String) { description = d }
 }
