@@ -182,7 +182,7 @@ extension Manager {
             }
         } catch {
             busy[name] = nil
-            try? endJob(job, state: "failed", detail: "could not start: \(error)")
+            _ = try? endJob(job, state: "failed", detail: "could not start: \(error)")
             throw error
         }
     }
@@ -198,6 +198,11 @@ extension Manager {
         try store.db.write { db in
             try j.update(db)
             try Store.eventRecord(job.vm, "\(job.kind) \(state)", j.backup.map { "job \(job.id ?? 0), backup \($0)" } ?? "job \(job.id ?? 0)").insert(db)
+            // A VM's history is its last 100 jobs (a schedule adds one per interval).
+            try db.execute(sql: """
+                DELETE FROM backupJob WHERE vm = ? AND state != 'running' AND id NOT IN
+                  (SELECT id FROM backupJob WHERE vm = ? ORDER BY id DESC LIMIT 100)
+                """, arguments: [job.vm, job.vm])
         }
         return j
     }
@@ -260,7 +265,12 @@ extension Manager {
         let made = job.kind == "backup" ? report["id"] as? String : nil
         try endJob(job, state: "succeeded", backup: made, detail: out)
         if job.kind == "restore", let vm = try store.vm(named: job.vm), vm.desired == DesiredState.running.rawValue {
-            do { _ = try launch(vm) } catch { logger.warning("\(job.vm): restored, but could not start: \(error)") }
+            do {
+                try admit(try JSON.decode(VMSpec.self, vm.spec), excluding: vm.id)
+                _ = try launch(vm)
+            } catch {
+                try store.update(vm.name) { $0.desired = DesiredState.stopped.rawValue; $0.stopReason = "restored, but not started: \(error)" }
+            }
         }
         if job.kind == "backup", let policy = try policy(of: job.vm) { prune(job.vm, policy) }
     }

@@ -73,6 +73,9 @@ extension Manager {
             try? FileManager.default.removeItem(atPath: root + "/" + entry)
             report.directoriesRemoved += 1
         }
+        // Backup jobs: those that ended while skiffd was down are finished,
+        // those still running are the VM's again (it stays busy until they end).
+        try reconcileBackups()
         let before = cgroups.names().count
         removeStrayCgroups(try store.vms())
         report.cgroupsRemoved = before - cgroups.names().count
