@@ -61,29 +61,7 @@ public enum DiskRestore {
             var next = work.makeIterator()
             func add() -> Bool {
                 guard let (c, d) = next.next() else { return false }
-                group.addTask {
-                    let blob = try await server.chunk(d)
-                    let contents = try blob.withUnsafeReadableBytes { try Chunk.decode($0, digest: d, key: key) }
-                    let start = UInt64(c) * UInt64(disk.chunkBytes)
-                    let expected = Int(min(UInt64(disk.chunkBytes), disk.bytes - start))
-                    guard contents.count == expected else {
-                        throw BackupError.failed("chunk \(d.hex) holds \(contents.count) bytes, chunk \(c) of the disk needs \(expected)")
-                    }
-                    let ok = contents.withUnsafeBytes { b in
-                        var done = 0
-                        while done < b.count {
-                            let n = pwrite(fd, b.baseAddress! + done, b.count - done, off_t(start) + off_t(done))
-                            if n < 0 && errno == EINTR { continue }
-                            guard n > 0 else { return false }
-                            done += n
-                        }
-                        return true
-                    }
-                    guard ok else { throw BackupError.failed("\(path): \(String(cString: strerror(errno)))") }
-                    // Written back while the rest comes (the fsync at the end finds it done).
-                    _ = cbackup_start_writeback(fd)
-                    return (contents.count, blob.readableBytes)
-                }
+                group.addTask { try await place(c, d, of: disk, into: fd, path: path, key: key, server: server) }
                 return true
             }
             for _ in 0..<max(1, jobs) where add() {}
@@ -93,5 +71,33 @@ public enum DiskRestore {
             }
         }
         return (written, fetched)
+    }
+
+    /// Fetches chunk `c` of `disk` (digest `d`), checks it whole
+    /// (`Chunk.decode`) and its length, and writes it at its place in `fd`
+    /// (`path`, for messages). Returns the bytes written and fetched.
+    static func place(_ c: Int, _ d: ChunkDigest, of disk: Manifest.Disk, into fd: Int32, path: String, key: BackupKey?,
+                      server: ServerConnection) async throws -> (written: Int, fetched: Int) {
+        let blob = try await server.chunk(d)
+        let contents = try blob.withUnsafeReadableBytes { try Chunk.decode($0, digest: d, key: key) }
+        let start = UInt64(c) * UInt64(disk.chunkBytes)
+        let expected = Int(min(UInt64(disk.chunkBytes), disk.bytes - start))
+        guard contents.count == expected else {
+            throw BackupError.failed("chunk \(d.hex) holds \(contents.count) bytes, chunk \(c) of the disk needs \(expected)")
+        }
+        let ok = contents.withUnsafeBytes { b in
+            var done = 0
+            while done < b.count {
+                let n = pwrite(fd, b.baseAddress! + done, b.count - done, off_t(start) + off_t(done))
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { return false }
+                done += n
+            }
+            return true
+        }
+        guard ok else { throw BackupError.failed("\(path): \(String(cString: strerror(errno)))") }
+        // Written back while the rest comes (the fsync at the end finds it done).
+        _ = cbackup_start_writeback(fd)
+        return (contents.count, blob.readableBytes)
     }
 }

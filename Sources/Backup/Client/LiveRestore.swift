@@ -46,7 +46,7 @@ public enum LiveRestore {
         guard fd >= 0 else { throw BackupError.invalid("\(output): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         guard ftruncate(fd, off_t(disk.bytes)) == 0 else { throw BackupError.failed("\(output): \(String(cString: strerror(errno)))") }
-        let filler = try Filler(disk: disk, fd: fd, flagsPath: output + ".fill", key: key, server: server)
+        let filler = try Filler(disk: disk, fd: fd, path: output, key: key, server: server)
         let listener = try listen(socket)
         defer { close(listener); unlink(socket) }
         ready()
@@ -162,8 +162,10 @@ public enum LiveRestore {
     /// The chunks: which are there, and fetching one once however many ask.
     actor Filler {
         let disk: Manifest.Disk
+        /// The image, and its flags file (`PATH.fill`).
         let fd: Int32
-        let flagsPath: String
+        let path: String
+        nonisolated let flagsPath: String
         nonisolated let chunkCount: Int
         nonisolated(unsafe) let flags: UnsafeMutablePointer<UInt8>
         let key: BackupKey?
@@ -171,10 +173,10 @@ public enum LiveRestore {
         var inFlight: [Int: Task<Void, Error>] = [:]
         var written: Int64 = 0, fetched: Int64 = 0, askedCount = 0
 
-        init(disk: Manifest.Disk, fd: Int32, flagsPath: String, key: BackupKey?, server: ServerConnection) throws {
-            self.disk = disk; self.fd = fd; self.flagsPath = flagsPath; self.key = key; self.server = server
+        init(disk: Manifest.Disk, fd: Int32, path: String, key: BackupKey?, server: ServerConnection) throws {
+            self.disk = disk; self.fd = fd; self.path = path; self.flagsPath = path + ".fill"; self.key = key; self.server = server
             chunkCount = disk.chunks.count
-            let ffd = open(flagsPath, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            let ffd = open(self.flagsPath, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
             guard ffd >= 0 else { throw BackupError.failed("\(flagsPath): \(String(cString: strerror(errno)))") }
             defer { close(ffd) }
             guard ftruncate(ffd, off_t(max(chunkCount, 1))) == 0,
@@ -197,28 +199,10 @@ public enum LiveRestore {
             if flags[c] != 0 { return }
             if let t = inFlight[c] { return try await t.value }
             guard let d = disk.chunks[c] else { flags[c] = 1; return }
-            let (disk, fd, key, server) = (self.disk, self.fd, self.key, self.server)
+            let (disk, fd, path, key, server) = (self.disk, self.fd, self.path, self.key, self.server)
             let t = Task {
-                let blob = try await server.chunk(d)
-                let contents = try blob.withUnsafeReadableBytes { try Chunk.decode($0, digest: d, key: key) }
-                let start = UInt64(c) * UInt64(disk.chunkBytes)
-                let expected = Int(min(UInt64(disk.chunkBytes), disk.bytes - start))
-                guard contents.count == expected else {
-                    throw BackupError.failed("chunk \(d.hex) holds \(contents.count) bytes, chunk \(c) of the disk needs \(expected)")
-                }
-                let ok = contents.withUnsafeBytes { b in
-                    var done = 0
-                    while done < b.count {
-                        let n = pwrite(fd, b.baseAddress! + done, b.count - done, off_t(start) + off_t(done))
-                        if n < 0 && errno == EINTR { continue }
-                        guard n > 0 else { return false }
-                        done += n
-                    }
-                    return true
-                }
-                guard ok else { throw BackupError.failed("writing chunk \(c): \(String(cString: strerror(errno)))") }
-                _ = cbackup_start_writeback(fd)
-                self.landed(c, written: contents.count, fetched: blob.readableBytes)
+                let (w, f) = try await DiskRestore.place(c, d, of: disk, into: fd, path: path, key: key, server: server)
+                self.landed(c, written: w, fetched: f)
             }
             inFlight[c] = t
             defer { inFlight[c] = nil }

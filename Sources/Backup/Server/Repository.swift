@@ -28,6 +28,8 @@ public actor Repository {
         let started: Int
         /// Its start in milliseconds, for its ID.
         let startedMs: Int
+        /// Its last request: one idle for `sessionIdleSeconds` is dropped.
+        var lastUsed: Int
         /// Chunks of the backup it builds on (touched when it began) and those uploaded since.
         var held: Set<ChunkDigest>
     }
@@ -70,6 +72,7 @@ public actor Repository {
     /// so no collection can remove them while this backup runs.
     public func begin(host: String, vm: String, base: String?) throws -> (session: String, base: Manifest?) {
         if let p = Names.problem(vm, what: "VM name") { throw BackupError.invalid(p) }
+        dropIdleSessions()
         guard sessions.values.filter({ $0.host == host }).count < 64 else { throw BackupError.conflict("\(host) has 64 backups open: finish or abort some") }
         var held: Set<ChunkDigest> = []
         var b: Manifest?
@@ -79,12 +82,25 @@ public actor Repository {
             b = m
         }
         let id = String(UInt64.random(in: 0...UInt64.max), radix: 16)
-        sessions[id] = Session(host: host, vm: vm, started: Self.now(), startedMs: Self.nowMs(), held: held)
+        sessions[id] = Session(host: host, vm: vm, started: Self.now(), startedMs: Self.nowMs(), lastUsed: Self.now(), held: held)
         return (id, b)
     }
 
+    /// A backup whose client has said nothing for an hour was killed or
+    /// lost: its session goes, so that it no longer holds collections back
+    /// (their cutoff is the oldest open session's start). A client that
+    /// comes back is told to begin again; nothing it committed is lost.
+    static let sessionIdleSeconds = 3600
+
+    func dropIdleSessions() {
+        let limit = Self.now() - Self.sessionIdleSeconds
+        sessions = sessions.filter { $0.value.lastUsed >= limit }
+    }
+
     func session(_ id: String, host: String) throws -> Session {
-        guard let s = sessions[id], s.host == host else { throw BackupError.notFound("no open backup \(id.prefix(40)) of this host (it was finished, aborted, or the server restarted: begin again)") }
+        guard var s = sessions[id], s.host == host else { throw BackupError.notFound("no open backup \(id.prefix(40)) of this host (it was finished, aborted, idle for an hour, or the server restarted: begin again)") }
+        s.lastUsed = Self.now()
+        sessions[id] = s
         return s
     }
 
@@ -233,6 +249,7 @@ public actor Repository {
     public func collectionBegin() throws -> (cutoff: Int, needed: Set<ChunkDigest>) {
         guard !collecting else { throw BackupError.conflict("a garbage collection is running already") }
         collecting = true
+        dropIdleSessions()
         let oldest = sessions.values.map(\.started).min() ?? Int.max
         let cutoff = min(Self.now(), oldest) - 2
         var needed: Set<ChunkDigest> = []

@@ -162,7 +162,7 @@ struct ReconcileService: Service {
     let manager: Manager
     let logger: Logger
     func run() async throws {
-        var metered = ContinuousClock.now - .seconds(10)
+        var metered = ContinuousClock.now - .seconds(10), checkpointed = ContinuousClock.now
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             var starting = false
             do { starting = try await manager.reconcile() } catch { logger.error("reconcile: \(error)") }
@@ -171,6 +171,12 @@ struct ReconcileService: Service {
             if ContinuousClock.now - metered >= .seconds(5) {
                 metered = ContinuousClock.now
                 do { try await manager.meterTick() } catch { logger.error("meter: \(error)") }
+            }
+            if ContinuousClock.now - checkpointed >= .seconds(2) {
+                checkpointed = ContinuousClock.now
+                let store = manager.store, logger = self.logger
+                // On a thread of its own: it syncs files, the pool's two threads stay free.
+                Thread.detachNewThread { do { try store.checkpoint() } catch { logger.warning("checkpoint: \(error)") } }
             }
             // A VM that is starting is looked at again soon: it runs once its VMM answers.
             try? await Task.sleep(nanoseconds: starting ? 40_000_000 : 200_000_000)

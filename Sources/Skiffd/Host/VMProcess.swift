@@ -23,15 +23,17 @@ enum VMProcess {
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        let environment = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"] + ["SKIFF_CACHE", "SKIFF_KVM_DEVICE", "HOME"].compactMap { k in
-            ProcessInfo.processInfo.environment[k].map { "\(k)=\($0)" }
-        }
-        let envp = environment.map { strdup($0) } + [nil]
+        let envp = Self.environment.map { strdup($0) } + [nil]
         defer { envp.forEach { free($0) } }
         let r = cskiffd_spawn(executable, argv, envp, input, console, &pid)
         guard r == 0 else { throw ManagerError.internal("starting \(executable): \(String(cString: strerror(r)))") }
         // The start time is read at once: the child exists (a zombie at worst) until reaped.
         return Identity(pid: pid, start: startTime(pid) ?? 0)
+    }
+
+    /// What a VM's processes get of skiffd's environment (read once).
+    static let environment = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"] + ["SKIFF_CACHE", "SKIFF_KVM_DEVICE", "HOME"].compactMap { k in
+        ProcessInfo.processInfo.environment[k].map { "\(k)=\($0)" }
     }
 
     /// A process's state letter (R, S, Z, ...) and start time, from one

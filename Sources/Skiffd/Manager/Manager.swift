@@ -84,18 +84,23 @@ actor Manager {
         }
         if r.start { try admit(r.spec, excluding: nil) }
         let now = Int64(Date().timeIntervalSince1970)
+        // One that starts at once is written `starting` from the first (one
+        // transaction fewer per create: bench/manager's clones).
         let vm = VMRecord(id: id, name: r.name, spec: try JSON.encode(r.spec), labels: try JSON.encode(r.labels),
                           restartPolicy: r.restartPolicy.rawValue, desired: (r.start ? DesiredState.running : .stopped).rawValue,
-                          observed: VMState.created.rawValue, pid: nil, pidStart: nil, exitStatus: nil, stopReason: nil,
-                          restarts: 0, restartAt: nil, createdAt: now, startedAt: nil, stoppedAt: nil, generation: 0)
-        // The row first (its name is unique in the database too: two
-        // creates of one name cannot both get here), then the directory.
-        do { try store.insert(vm) } catch {
-            throw ManagerError.conflict("a VM named \(r.name) exists already; pick another name or delete it first")
-        }
+                          observed: (r.start ? VMState.starting : .created).rawValue, pid: nil, pidStart: nil, exitStatus: nil, stopReason: nil,
+                          restarts: 0, restartAt: nil, createdAt: now, startedAt: r.start ? now : nil, stoppedAt: nil, generation: r.start ? 1 : 0)
+        // The directory first (one no row explains is removed on restart),
+        // then the row: its name is unique in the database too, so two
+        // creates of one name cannot both get past it. A row is never
+        // without its directory, whenever skiffd dies.
         try makeDirectory(directory(vm).path)
         try makeDirectory(directory(vm).snapshots)
-        if r.start { return try launch(vm) }
+        do { try store.insert(vm) } catch {
+            try? FileManager.default.removeItem(atPath: directory(vm).path)
+            throw ManagerError.conflict("a VM named \(r.name) exists already; pick another name or delete it first")
+        }
+        if r.start { return try launch(vm, written: true) }
         return vm
     }
 
@@ -129,6 +134,8 @@ actor Manager {
     /// vSphere's admission control: the reservations of every VM that
     /// should run, with this one, must fit the host.
     func admit(_ s: VMSpec, excluding id: String?) throws {
+        // Reserving nothing fits whatever the others hold (admission kept them within the host).
+        guard (s.resources.cpuReservation ?? 0) > 0 || (s.resources.memoryReservationMiB ?? 0) > 0 else { return }
         let others = try reservations(excluding: id)
         let cpu = others.cpu + (s.resources.cpuReservation ?? 0), memory = others.memoryMiB + (s.resources.memoryReservationMiB ?? 0)
         guard cpu <= Double(host.cpus) + 1e-9 else {
@@ -164,20 +171,25 @@ actor Manager {
     }
 
     /// Starts the VM's process: the row says `starting` (committed) before
-    /// the process exists, and gets its pid after.
-    func launch(_ vm: VMRecord) throws -> VMRecord {
+    /// the process exists (`written`: a new row said so from the first),
+    /// and gets its pid after.
+    func launch(_ vm: VMRecord, written: Bool = false) throws -> VMRecord {
         let spec = try JSON.decode(VMSpec.self, vm.spec)
         let dir = directory(vm)
         let cgroup = cgroups.backend == .none ? nil : Self.cgroupName(vm)
-        guard let starting = try store.update(vm.name, {
-            $0.observed = VMState.starting.rawValue
-            $0.pid = nil; $0.pidStart = nil
-            $0.exitStatus = nil; $0.stopReason = nil
-            $0.restartAt = nil
-            $0.startedAt = Int64(Date().timeIntervalSince1970)
-            $0.stoppedAt = nil
-            $0.generation += 1
-        }) else { throw ManagerError.notFound("no VM named \(vm.name)") }
+        let starting: VMRecord
+        if written { starting = vm } else {
+            guard let s = try store.update(vm.name, {
+                $0.observed = VMState.starting.rawValue
+                $0.pid = nil; $0.pidStart = nil
+                $0.exitStatus = nil; $0.stopReason = nil
+                $0.restartAt = nil
+                $0.startedAt = Int64(Date().timeIntervalSince1970)
+                $0.stoppedAt = nil
+                $0.generation += 1
+            }) else { throw ManagerError.notFound("no VM named \(vm.name)") }
+            starting = s
+        }
         unlink(dir.exitFile)
         unlink(dir.controlSocket)
         do {

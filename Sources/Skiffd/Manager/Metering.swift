@@ -68,9 +68,13 @@ extension Manager {
             return (vm.name, id, Self.cgroupName(vm), directory(vm).controlSocket)
         }
         let cgroups = self.cgroups
-        let readings = await Task.detached {
+        // On a thread of its own, not the cooperative pool's: a round of
+        // control-socket trips and smaps_rollup walks over 100 VMs blocks for
+        // tens of milliseconds, which took one of the pool's two threads
+        // from the API (bench/manager's p99).
+        let readings = await Blocking.run {
             Dictionary(targets.map { ($0.0, Manager.read($0.1, cgroups: cgroups, cgroup: $0.2, socket: $0.3)) }, uniquingKeysWith: { a, _ in a })
-        }.value
+        }
         let now = Date()
         let minute = Meter.minute(now)
         var finished: [UsageRecord] = []
