@@ -56,7 +56,10 @@ final class LinuxGuestTests: XCTestCase {
     func testCommandLineRunWithBalloonAndEntropy() throws {
         _ = try Harness.kernelDirectory()
         // --append: after the default command line. The command's status is skiff's.
-        let command = #"quiet skiff_run="grep -c ^processor /proc/cpuinfo; ls /bin/busybox; grep MemTotal /proc/meminfo; cat /sys/class/misc/hw_random/rng_current; exit 3""#
+        // The balloon inflates after its driver probes, which on a loaded
+        // host can be after the command starts: it waits (up to 60 s) for
+        // MemTotal to leave the 200000s kB before reading it.
+        let command = #"quiet skiff_run="grep -c ^processor /proc/cpuinfo; ls /bin/busybox; i=0; while grep -q 'MemTotal: *2[0-9][0-9][0-9][0-9][0-9] kB' /proc/meminfo && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done; grep MemTotal /proc/meminfo; cat /sys/class/misc/hw_random/rng_current; exit 3""#
         let r = try Harness.skiff(["run", "--memory", "256", "--balloon", "size=64,no-deflate-on-oom", "--rng", "--append", command],
                                   timeout: Self.bootTimeout)
         XCTAssertEqual(r.status, 3, r.stderr)
