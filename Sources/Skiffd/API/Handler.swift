@@ -49,7 +49,7 @@ struct Handler: APIProtocol {
             let request = Manager.CreateRequest(name: c.name, labels: c.labels?.additionalProperties ?? [:], spec: spec,
                                                 restartPolicy: RestartPolicy(rawValue: c.restartPolicy?.rawValue ?? "no") ?? .no,
                                                 start: c.start ?? true)
-            return .created(.init(body: .json(try Self.vm(try await manager.create(request)))))
+            return .created(.init(body: .json(try Self.vm(try await manager.createWithFiles(request)))))
         }
     }
 

@@ -77,7 +77,7 @@ extension Manager {
         // those still running are the VM's again (it stays busy until they end).
         try reconcileBackups()
         let before = cgroups.names().count
-        removeStrayCgroups(try store.vms())
+        try removeStrayCgroups()
         report.cgroupsRemoved = before - cgroups.names().count
         report.seconds = Date().timeIntervalSince(t0)
         return report

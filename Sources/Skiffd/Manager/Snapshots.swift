@@ -44,9 +44,21 @@ extension Manager {
     /// N VMs restored from one snapshot of `name` (the newest if none is
     /// named), each with its own identity (`skiff restore --clone-index`).
     /// Their rows are written first, then each is started.
-    func clone(_ name: String, count: Int, snapshotName: String?, prefix: String?) async throws -> [VMRecord] {
-        let vm = try existing(name)
+    /// The clones' files are made first, off the actor (`createWithFiles`).
+    nonisolated func clone(_ name: String, count: Int, snapshotName: String?, prefix: String?) async throws -> [VMRecord] {
         guard (1...1000).contains(count) else { throw ManagerError.invalid("count \(count): between 1 and 1000") }
+        guard let base = try store.vm(named: name) else { throw ManagerError.notFound("no VM named \(name) (see GET /v1/vms)") }
+        let ids = (0..<count).map { _ in Manager.newID() }
+        let withCgroups = try await makeFiles(ids, resources: try JSON.decode(VMSpec.self, base.spec).resources)
+        return try await clone(name, ids: ids, withCgroups: withCgroups, snapshotName: snapshotName, prefix: prefix)
+    }
+
+    private func clone(_ name: String, ids: [String], withCgroups: Set<String>, snapshotName: String?, prefix: String?) async throws -> [VMRecord] {
+        // Those not made into VMs (all of them if the clone is refused) go.
+        var unused = ids[...]
+        defer { for id in unused { removeFiles(id) } }
+        let count = ids.count
+        let vm = try existing(name)
         let snaps = try snapshots(name)
         guard let snap = snapshotName.map({ n in snaps.first { $0.name == n } }) ?? snaps.last else {
             throw ManagerError.notFound(snapshotName.map { "\(name) has no snapshot named \($0)" } ?? "\(name) has no snapshot: take one first (POST /v1/vms/\(name)/snapshots)")
@@ -65,8 +77,11 @@ extension Manager {
             s.cloneIndex = first + i
             let cloneName = "\(base)-\(first + i)"
             let labels = (try? JSON.decode([String: String].self, vm.labels)) ?? [:]
+            // create removes its directory itself if it refuses the VM.
+            let id = unused.removeFirst()
             made.append(try create(CreateRequest(name: cloneName, labels: labels, spec: s,
-                                                 restartPolicy: RestartPolicy(rawValue: vm.restartPolicy) ?? .no, start: true)))
+                                                 restartPolicy: RestartPolicy(rawValue: vm.restartPolicy) ?? .no, start: true),
+                                   id: id, prepared: true, cgroupMade: withCgroups.contains(id)))
             // Other requests between clones (a clone of 1000 takes a second or
             // more), but not after the last: this reply would queue behind them.
             if i < count - 1 { await Task.yield() }
