@@ -143,4 +143,96 @@ final class ManagedBackupTests: XCTestCase {
         XCTAssertEqual(reply.status, 409, reply.body)
         XCTAssertEqual(try m.vms().count, 3)
     }
+
+    /// Acceptance 3 for skiffd: killed with SIGKILL 20 times at random
+    /// points of a backup (while the request is taken, while the job runs,
+    /// as it ends). After each restart the VM has run on in the same
+    /// process, every job ends (succeeded, failed or interrupted, none left
+    /// running), no copy-before-write directory or job process is left;
+    /// at the end `verify` passes, the next backup succeeds, no backup
+    /// that succeeded is lost, and the last restores to the VM's disk.
+    func testSkiffdKilledTwentyTimesDuringBackups() throws {
+        let b = try BackupHarness("kills")
+        defer { b.tearDown() }
+        try b.start()
+        let m = try ManagerHarness("mkills")
+        defer { m.tearDown() }
+        let options = ["--backup-server", b.url, "--backup-token-file", b.tokenFiles["h1"]!]
+        try m.start(extra: options)
+
+        let disk = m.root + "/disk.img"
+        try BackupHarness.image(disk, mib: 64)
+        try BackupHarness.scribble(disk, seed: 5, permille: 300, cbt: false)
+        let probe: [String: Any] = ["name": "w", "kernel": Harness.probe("blkwrite"), "memoryMiB": 128, "disks": [["path": disk]],
+                                    "cmdline": "seed=6 extents=8 permille=20 stay"]
+        XCTAssertEqual(try m.create(probe).status, 201)
+        try m.waitFor("w", "running")
+        try waitConsole(m, "w", "BLKWRITE done")
+        let vm = try m.vm("w")
+        let pid = try XCTUnwrap(vm["pid"] as? Int)
+        let backups = m.state + "/vms/" + (try XCTUnwrap(vm["id"] as? String)) + "/backups"
+
+        var rng = SystemRandomNumberGenerator()
+        var kept: Set<String> = []
+        var outcomes: [String: Int] = [:]
+        for round in 0..<20 {
+            if round % 2 == 0 {
+                // Killed while the request may still be on its way.
+                let posted = Thread { _ = try? m.api("POST", "/vms/w/backups") }
+                posted.start()
+                usleep(UInt32.random(in: 0...40_000, using: &rng))
+            } else {
+                let reply = try m.api("POST", "/vms/w/backups")
+                XCTAssertEqual(reply.status, 202, "round \(round): \(reply.body)")
+                usleep(UInt32.random(in: 0...900_000, using: &rng))
+            }
+            m.crash()
+            try m.start(extra: options)
+            // Every job ends; none stays running for ever.
+            let deadline = Date().addingTimeInterval(120)
+            var jobs: [[String: Any]] = []
+            repeat {
+                jobs = try m.api("GET", "/vms/w/backups").object["items"] as? [[String: Any]] ?? []
+                if !jobs.contains(where: { $0["state"] as? String == "running" }) { break }
+                usleep(100_000)
+            } while Date() < deadline
+            XCTAssertFalse(jobs.contains(where: { $0["state"] as? String == "running" }), "round \(round): a job still runs: \(jobs.prefix(3))")
+            for j in jobs {
+                if let id = j["backup"] as? String, j["state"] as? String == "succeeded" { kept.insert(id) }
+            }
+            if let last = jobs.first, let state = last["state"] as? String { outcomes[state, default: 0] += 1 }
+            let after = try m.vm("w")
+            XCTAssertEqual(after["observed"] as? String, "running", "round \(round): the VM ran on")
+            XCTAssertEqual(after["pid"] as? Int, pid, "round \(round): in the same process")
+            let left = ((try? FileManager.default.contentsOfDirectory(atPath: backups)) ?? []).filter { $0.hasPrefix(".skiff-backup-") || $0.hasPrefix("job-") }
+            XCTAssertEqual(left, [], "round \(round): left in \(backups)")
+            // A job's shell may still be exiting just after its status file appeared.
+            var processes = Self.jobProcesses(backups)
+            for _ in 0..<20 where !processes.isEmpty { usleep(100_000); processes = Self.jobProcesses(backups) }
+            XCTAssertEqual(processes, [], "round \(round): a job process is left")
+        }
+        print("skiffd killed 20 times during backups: last job of each round \(outcomes.sorted { $0.key < $1.key }), \(kept.count) backups succeeded")
+
+        XCTAssertEqual(try b.backup(["verify"]).status, 0, "verify after 20 kills")
+        let reply = try m.api("POST", "/vms/w/backups")
+        XCTAssertEqual(reply.status, 202, reply.body)
+        let final = try waitJob(m, try XCTUnwrap(reply.object["id"] as? Int))
+        XCTAssertEqual(final["state"] as? String, "succeeded", "the next backup: \(final)")
+        let ids = Set(try b.ids())
+        XCTAssertTrue(kept.isSubset(of: ids), "lost: \(kept.subtracting(ids))")
+        let last = try XCTUnwrap(final["backup"] as? String)
+        let out = m.root + "/restored.img"
+        let r = try b.backup(["restore", last, "--disk-output", out])
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(try BackupHarness.same(disk, out), "the last backup restores to the VM's disk")
+    }
+
+    /// `skiffd --client backup` processes whose command line names a job file under `directory`.
+    static func jobProcesses(_ directory: String) -> [pid_t] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry in
+            guard let pid = pid_t(entry), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { return nil }
+            let args = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return args.contains(where: { $0.hasPrefix(directory + "/job-") }) ? pid : nil
+        }
+    }
 }
