@@ -108,16 +108,17 @@ struct RestoreBackup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "restore-backup",
         abstract: "Make a new VM from a backup of one of skiffd's VMs (skiff backup ls), and start it.",
-        discussion: "Its disks are restored into the new VM's directory; the VM starts once they are complete and checked.")
+        discussion: "Its disks are restored into the new VM's directory; the VM starts once they are complete and checked, or with --live at once, while they arrive (each chunk the guest touches first is fetched first).")
     @Argument(help: "The backup's id.") var id: String
     @Option(help: "The new VM's name (default: the backed-up VM's, with -restored).") var name: String?
     @Flag(help: "Create it stopped.") var noStart = false
+    @Flag(help: "Start it at once, on its disks as they are restored (a live restore).") var live = false
     @Flag(help: "Print the job and return at once.") var noWait = false
     @OptionGroup var output: Output
 
     func run() async throws {
         let job: Components.Schemas.BackupJob = try await withClient { c in
-            switch try await c.restoreBackup(path: .init(id: id), body: .json(.init(name: name, start: !noStart))) {
+            switch try await c.restoreBackup(path: .init(id: id), body: .json(.init(name: name, start: !noStart, live: live ? true : nil))) {
             case .accepted(let r): return try r.body.json
             case .default(let s, let p): throw failure(s, p)
             }
@@ -136,6 +137,12 @@ func finish(_ started: Components.Schemas.BackupJob, wait: Bool, json: Bool) asy
             job = try await withClient { c in
                 switch try await c.getBackupJob(path: .init(id: started.id)) {
                 case .ok(let r): return try r.body.json
+                case .default(404, _) where started.kind == .restore:
+                    // A failed restore's VM is removed, and its jobs with it: the reason is in the events.
+                    let reason = try? await c.getEvents(query: .init(since: 0)).ok.body.json.items.last {
+                        $0.vm == started.vm && $0.kind.hasPrefix("restore ") && $0.detail?.hasPrefix("job \(started.id)") == true
+                    }
+                    throw CLIError("the restore (job \(started.id)) \(reason.map { "\($0.kind.dropFirst(8)): \($0.detail ?? "")" } ?? "ended"), and \(started.vm) was removed")
                 case .default(let s, let p): throw failure(s, p)
                 }
             }

@@ -227,6 +227,56 @@ final class ManagedBackupTests: XCTestCase {
         XCTAssertTrue(try BackupHarness.same(disk, out), "the last backup restores to the VM's disk")
     }
 
+    /// `skiff restore-backup ID --live`: the new VM starts while the job
+    /// still fills its disk (its start is an event before the job's end),
+    /// the job succeeds, and the disk is then whole (no flags file) and
+    /// the backed-up one, with the same writes of the same guest on it.
+    func testLiveRestoreThroughSkiffd() throws {
+        let b = try BackupHarness("live")
+        defer { b.tearDown() }
+        try b.start()
+        let m = try ManagerHarness("mlive")
+        defer { m.tearDown() }
+        try m.start(extra: ["--backup-server", b.url, "--backup-token-file", b.tokenFiles["h1"]!])
+        let cli = ["SKIFFD_SOCKET": m.socket, "SKIFFD_BIN": ManagerHarness.skiffd]
+        let disk = m.root + "/disk.img"
+        try BackupHarness.image(disk, mib: 256)
+        try BackupHarness.scribble(disk, seed: 8, permille: 500, cbt: false)
+        // blkwrite writes the same 8 extents at each start: a restored VM's writes leave its disk the backed-up one.
+        let probe: [String: Any] = ["name": "w", "kernel": Harness.probe("blkwrite"), "memoryMiB": 128, "disks": [["path": disk]],
+                                    "cmdline": "seed=9 extents=8 permille=20 stay"]
+        XCTAssertEqual(try m.create(probe).status, 201)
+        try m.waitFor("w", "running")
+        try waitConsole(m, "w", "BLKWRITE done")
+        XCTAssertEqual(try m.api("POST", "/vms/w/stop", #"{"timeoutSeconds": 5}"#).status, 200)
+        try m.waitFor("w", "stopped")
+        var r = try Harness.skiff(["backup", "w", "--json"], timeout: 120, environment: cli)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        let id = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])?["backup"] as? String)
+
+        // Refused: live without a start.
+        let refused = try m.api("POST", "/backups/\(id)/restore", #"{"name": "x", "start": false, "live": true}"#)
+        XCTAssertEqual(refused.status, 400, refused.body)
+        XCTAssertNil(try m.vms().first { $0["name"] as? String == "x" })
+
+        r = try Harness.skiff(["restore-backup", id, "--name", "w3", "--live", "--json"], timeout: 120, environment: cli)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        let job = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(job["state"] as? String, "succeeded", "\(job)")
+        try m.waitFor("w3", "running")
+        let events = (try m.api("GET", "/events").object["items"] as? [[String: Any]] ?? []).filter { $0["vm"] as? String == "w3" }
+        let kinds = events.map { $0["kind"] as? String ?? "" }
+        let started = try XCTUnwrap(kinds.firstIndex(of: "live restore"), "\(kinds)")
+        let ended = try XCTUnwrap(kinds.firstIndex(of: "restore succeeded"), "\(kinds)")
+        XCTAssertLessThan(started, ended, "the VM started before its restore ended: \(kinds)")
+        XCTAssertEqual(kinds.filter { $0 == "started" }.count, 1, "started once: \(kinds)")
+        try waitConsole(m, "w3", "BLKWRITE done")
+        let w3 = try m.vm("w3")
+        let restored = try XCTUnwrap(((w3["disks"] as? [[String: Any]])?.first?["path"]) as? String)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: restored + ".fill"), "the disk is whole")
+        XCTAssertTrue(try BackupHarness.same(disk, restored), "the live-restored disk is the backed-up one")
+    }
+
     /// `skiffd --client backup` processes whose command line names a job file under `directory`.
     static func jobProcesses(_ directory: String) -> [pid_t] {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry in

@@ -215,9 +215,9 @@ public enum DiskBackup {
                         await stats.add(read: read, sent: 0, new: false, chunkRead: true)
                         return (c, d)
                     }
-                    let blob = try buffer.withUnsafeBytes { try Chunk.encode($0, digest: d, key: key) }
+                    let blob = try buffer.withUnsafeBytes { try ServerConnection.blob($0, digest: d, key: key) }
                     do { try await server.upload(d, blob, session: session) } catch { await known.forget(d); throw error }
-                    await stats.add(read: read, sent: blob.count, new: true, chunkRead: true)
+                    await stats.add(read: read, sent: blob.readableBytes, new: true, chunkRead: true)
                     return (c, d)
                 }
                 return true

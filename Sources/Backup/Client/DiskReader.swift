@@ -41,7 +41,9 @@ final class DiskReader: @unchecked Sendable {
     /// the bytes read from files and whether the chunk is all zeroes.
     func read(_ chunk: Int, into buffer: inout [UInt8]) throws -> (bytesRead: Int, zero: Bool) {
         let (start, count) = range(chunk)
-        if buffer.count != count { buffer = [UInt8](repeating: 0, count: count) }
+        // Not zeroed first (4 MiB of memset a chunk, by perf): every byte is
+        // read or, past a short file's end, zeroed; a hole's buffer is not used.
+        if buffer.count != count { buffer = [UInt8](unsafeUninitializedCapacity: count) { _, n in n = count } }
         var bytes = 0
         let data = lseek(fd, start, 3 /* SEEK_DATA */)
         let hole = (data < 0 && errno == ENXIO) || (data >= 0 && data >= start + off_t(count))

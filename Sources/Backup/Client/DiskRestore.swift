@@ -39,7 +39,10 @@ public enum DiskRestore {
             guard fd >= 0 else { throw BackupError.invalid("\(partial): \(String(cString: strerror(errno)))") }
             do {
                 guard ftruncate(fd, off_t(disk.bytes)) == 0 else { throw BackupError.failed("\(partial): \(String(cString: strerror(errno)))") }
-                let (w, f) = try await restore(disk, to: fd, path: partial, key: key, jobs: jobs, server: server)
+                // Chunks written direct (DirectIO) where the filesystem allows.
+                let direct = DirectIO.open(partial, O_WRONLY | O_CLOEXEC)
+                defer { if direct >= 0 { close(direct) } }
+                let (w, f) = try await restore(disk, to: fd, direct: direct, path: partial, key: key, jobs: jobs, server: server)
                 written += w; fetched += f
                 guard fsync(fd) == 0 else { throw BackupError.failed("\(partial): \(String(cString: strerror(errno)))") }
                 close(fd)
@@ -53,7 +56,7 @@ public enum DiskRestore {
         return Report(id: id, disks: outputs, bytesWritten: written, bytesFetched: fetched, seconds: Date().timeIntervalSince(t0))
     }
 
-    static func restore(_ disk: Manifest.Disk, to fd: Int32, path: String, key: BackupKey?, jobs: Int,
+    static func restore(_ disk: Manifest.Disk, to fd: Int32, direct: Int32, path: String, key: BackupKey?, jobs: Int,
                         server: ServerConnection) async throws -> (written: Int64, fetched: Int64) {
         let work = disk.chunks.enumerated().compactMap { c, d in d.map { (c, $0) } }
         var written: Int64 = 0, fetched: Int64 = 0
@@ -61,7 +64,7 @@ public enum DiskRestore {
             var next = work.makeIterator()
             func add() -> Bool {
                 guard let (c, d) = next.next() else { return false }
-                group.addTask { try await place(c, d, of: disk, into: fd, path: path, key: key, server: server) }
+                group.addTask { try await place(c, d, of: disk, into: fd, direct: direct, path: path, key: key, server: server) }
                 return true
             }
             for _ in 0..<max(1, jobs) where add() {}
@@ -75,29 +78,35 @@ public enum DiskRestore {
 
     /// Fetches chunk `c` of `disk` (digest `d`), checks it whole
     /// (`Chunk.decode`) and its length, and writes it at its place in `fd`
-    /// (`path`, for messages). Returns the bytes written and fetched.
-    static func place(_ c: Int, _ d: ChunkDigest, of disk: Manifest.Disk, into fd: Int32, path: String, key: BackupKey?,
-                      server: ServerConnection) async throws -> (written: Int, fetched: Int) {
+    /// (`path`, for messages), or through `direct`, the same file opened
+    /// for direct I/O (-1: none), where the chunk is whole blocks. Returns
+    /// the bytes written and fetched.
+    static func place(_ c: Int, _ d: ChunkDigest, of disk: Manifest.Disk, into fd: Int32, direct: Int32 = -1, path: String,
+                      key: BackupKey?, server: ServerConnection) async throws -> (written: Int, fetched: Int) {
         let blob = try await server.chunk(d)
-        let contents = try blob.withUnsafeReadableBytes { try Chunk.decode($0, digest: d, key: key) }
         let start = UInt64(c) * UInt64(disk.chunkBytes)
         let expected = Int(min(UInt64(disk.chunkBytes), disk.bytes - start))
-        guard contents.count == expected else {
-            throw BackupError.failed("chunk \(d.hex) holds \(contents.count) bytes, chunk \(c) of the disk needs \(expected)")
-        }
-        let ok = contents.withUnsafeBytes { b in
-            var done = 0
-            while done < b.count {
-                let n = pwrite(fd, b.baseAddress! + done, b.count - done, off_t(start) + off_t(done))
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { return false }
-                done += n
+        let ok = try blob.withUnsafeReadableBytes { b in
+            try Chunk.withContents(b, digest: d, key: key) { contents in
+                guard contents.count == expected else {
+                    throw BackupError.failed("chunk \(d.hex) holds \(contents.count) bytes, chunk \(c) of the disk needs \(expected)")
+                }
+                if direct >= 0, contents.count % DirectIO.alignment == 0, DirectIO.write(direct, contents, at: Int(start)) == 0 {
+                    return true
+                }
+                var done = 0
+                while done < contents.count {
+                    let n = pwrite(fd, contents.baseAddress! + done, contents.count - done, off_t(start) + off_t(done))
+                    if n < 0 && errno == EINTR { continue }
+                    guard n > 0 else { return false }
+                    done += n
+                }
+                return true
             }
-            return true
         }
         guard ok else { throw BackupError.failed("\(path): \(String(cString: strerror(errno)))") }
         // Written back while the rest comes (the fsync at the end finds it done).
         _ = cbackup_start_writeback(fd)
-        return (contents.count, blob.readableBytes)
+        return (expected, blob.readableBytes)
     }
 }

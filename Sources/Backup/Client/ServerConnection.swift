@@ -108,8 +108,17 @@ public final class ServerConnection: Sendable {
         return r
     }
 
-    func upload(_ d: ChunkDigest, _ blob: [UInt8], session: String) async throws {
-        _ = try await call(.PUT, "/v1/sessions/\(session)/chunks/\(d.hex)", body: ByteBuffer(bytes: blob), json: false)
+    func upload(_ d: ChunkDigest, _ blob: ByteBuffer, session: String) async throws {
+        _ = try await call(.PUT, "/v1/sessions/\(session)/chunks/\(d.hex)", body: blob, json: false)
+    }
+
+    /// A chunk's blob, encoded straight into the buffer it is sent from (one copy of the contents).
+    static func blob(_ contents: UnsafeRawBufferPointer, digest: ChunkDigest, key: BackupKey?) throws -> ByteBuffer {
+        let (header, payload) = try Chunk.encodeParts(contents, digest: digest, key: key)
+        var buffer = ByteBufferAllocator().buffer(capacity: header.count + (payload?.count ?? contents.count))
+        buffer.writeBytes(header)
+        if let payload { buffer.writeBytes(payload) } else { buffer.writeBytes(contents) }
+        return buffer
     }
 
     func commit(_ m: Manifest, session: String) async throws -> Manifest {

@@ -211,7 +211,7 @@ struct Routes: Sendable {
             let d = try digest(c)
             guard await repo.mayRead(d, host: h) else { throw BackupError.notFound("no backup of this host holds chunk \(d.hex)") }
             let blob = try repo.store.read(d)
-            return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: .init(byteBuffer: ByteBuffer(bytes: blob)))
+            return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: .init(byteBuffer: blob))
         }
         router.post("/v1/prune") { r, _ in
             let h = try host(r)
@@ -233,7 +233,7 @@ struct Routes: Sendable {
                     g.addTask {
                         do {
                             let blob = try store.read(d)
-                            _ = try blob.withUnsafeBytes { try Chunk.verify($0, digest: d) }
+                            _ = try blob.withUnsafeReadableBytes { try Chunk.verify($0, digest: d) }
                             return nil
                         } catch {
                             return Broken(chunk: d.hex, problem: "\(error)", backups: ids.sorted())

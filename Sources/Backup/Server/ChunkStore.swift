@@ -1,6 +1,7 @@
 import CBackup
 import Foundation
 import Glibc
+import NIOCore
 
 /// The server's chunks on disk, one file per digest under
 /// `DIR/chunks/XY/` (XY: the digest's first byte). A chunk is written to
@@ -36,23 +37,36 @@ public final class ChunkStore: Sendable {
     @discardableResult
     public func touch(_ d: ChunkDigest) -> Bool { utimensat(AT_FDCWD, path(d), nil, 0) == 0 }
 
-    /// The stored blob (at most Chunk.maxBlobBytes are read).
-    public func read(_ d: ChunkDigest) throws -> [UInt8] {
-        let fd = open(path(d), O_RDONLY | O_CLOEXEC)
+    /// The stored blob (at most Chunk.maxBlobBytes are read), direct
+    /// (`DirectIO`) where the filesystem allows.
+    public func read(_ d: ChunkDigest) throws -> ByteBuffer {
+        let file = path(d)
+        var direct = true
+        var fd = DirectIO.open(file, O_RDONLY | O_CLOEXEC)
+        if fd < 0 && errno == EINVAL { direct = false; fd = open(file, O_RDONLY | O_CLOEXEC) }
         guard fd >= 0 else {
             throw errno == ENOENT ? BackupError.notFound("chunk \(d.hex) is missing from the store") : BackupError.failed("chunk \(d.hex): \(String(cString: strerror(errno)))")
         }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_size <= Chunk.maxBlobBytes else { throw BackupError.failed("chunk \(d.hex): larger than any chunk") }
-        var blob = [UInt8](repeating: 0, count: Int(st.st_size))
-        var done = 0
-        while done < blob.count {
-            let n = blob.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(done)) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw BackupError.failed("chunk \(d.hex): short read") }
-            done += n
+        let size = Int(st.st_size)
+        var blob = ByteBufferAllocator().buffer(capacity: size)
+        if direct, case .success = DirectIO.read(fd, count: size, { blob.writeBytes($0) }) { return blob }
+        // Buffered: where direct reads fail (a filesystem that takes O_DIRECT at open only).
+        var failure: Int32 = 0
+        blob.clear()
+        blob.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { b in
+            var done = 0
+            while done < size {
+                let n = pread(fd, b.baseAddress! + done, size - done, off_t(done))
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { failure = n < 0 ? errno : EIO; return 0 }
+                done += n
+            }
+            return done
         }
+        guard failure == 0 else { throw BackupError.failed("chunk \(d.hex): \(failure == EIO ? "short read" : String(cString: strerror(failure)))") }
         return blob
     }
 
@@ -60,25 +74,48 @@ public final class ChunkStore: Sendable {
     /// place by `place` (which the repository does in its actor, so that a
     /// collection cannot remove a chunk between a backup's use of it and
     /// its touch).
+    ///
+    /// Direct (`DirectIO`) where the filesystem allows.
     public func stage(_ d: ChunkDigest, _ blob: UnsafeRawBufferPointer) throws -> String {
         let name = tmp + "/" + d.hex + "." + String(UInt64.random(in: 0...UInt64.max), radix: 16)
-        let fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if blob.count <= DirectIO.bufferBytes, try stageDirect(name, d, blob) { return name }
+        let fd = open(name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw BackupError.failed("storing chunk \(d.hex): \(String(cString: strerror(errno)))") }
-        var done = 0
-        while done < blob.count {
-            let n = Glibc.write(fd, blob.baseAddress! + done, blob.count - done)
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else {
-                let e = String(cString: strerror(errno)); close(fd); unlink(name)
-                throw BackupError.failed("storing chunk \(d.hex): \(e)")
-            }
-            done += n
-        }
+        do { try Self.writeAll(fd, blob, d) } catch { close(fd); unlink(name); throw error }
         // Written back from now on, not all at the manifest's syncfs: the
         // disk works while the backup goes on.
         _ = cbackup_start_writeback(fd)
         close(fd)
         return name
+    }
+
+    /// False (nothing left behind) where the filesystem refuses direct I/O (tmpfs).
+    private func stageDirect(_ name: String, _ d: ChunkDigest, _ blob: UnsafeRawBufferPointer) throws -> Bool {
+        let fd = DirectIO.open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == EINVAL { return false }
+            throw BackupError.failed("storing chunk \(d.hex): \(String(cString: strerror(errno)))")
+        }
+        var failure = DirectIO.write(fd, blob, at: 0)
+        if failure == 0, ftruncate(fd, off_t(blob.count)) != 0 { failure = errno }
+        close(fd)
+        guard failure == 0 else {
+            unlink(name)
+            // Some filesystems take O_DIRECT at open and refuse its writes.
+            if failure == EINVAL { return false }
+            throw BackupError.failed("storing chunk \(d.hex): \(String(cString: strerror(failure)))")
+        }
+        return true
+    }
+
+    private static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, _ d: ChunkDigest) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw BackupError.failed("storing chunk \(d.hex): \(String(cString: strerror(n < 0 ? errno : EIO)))") }
+            done += n
+        }
     }
 
     /// Puts a staged chunk in place; one stored already is kept, and touched.

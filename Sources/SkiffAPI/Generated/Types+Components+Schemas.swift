@@ -815,21 +815,29 @@ extension Components {
             ///
             /// - Remark: Generated from `#/components/schemas/RestoreRequest/start`.
             public var start: Swift.Bool?
+            /// start the VM at once, while its disks are restored: a chunk the guest touches first is fetched first, the rest in the background (default false; needs start). The VM is busy until the job ends, and is removed if the job fails.
+            ///
+            /// - Remark: Generated from `#/components/schemas/RestoreRequest/live`.
+            public var live: Swift.Bool?
             /// Creates a new `RestoreRequest`.
             ///
             /// - Parameters:
             ///   - name: the new VM's (default: the backed-up VM's with -restored)
             ///   - start: start the VM once its disks are restored (default true)
+            ///   - live: start the VM at once, while its disks are restored: a chunk the guest touches first is fetched first, the rest in the background (default false; needs start). The VM is busy until the job ends, and is removed if the job fails.
             public init(
                 name: Components.Schemas.Name? = nil,
-                start: Swift.Bool? = nil
+                start: Swift.Bool? = nil,
+                live: Swift.Bool? = nil
             ) {
                 self.name = name
                 self.start = start
+                self.live = live
             }
             public enum CodingKeys: String, CodingKey {
                 case name
                 case start
+                case live
             }
             public init(from decoder: any Swift.Decoder) throws {
                 let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -841,9 +849,14 @@ extension Components {
                     Swift.Bool.self,
                     forKey: .start
                 )
+                self.live = try container.decodeIfPresent(
+                    Swift.Bool.self,
+                    forKey: .live
+                )
                 try decoder.ensureNoAdditionalProperties(knownKeys: [
                     "name",
-                    "start"
+                    "start",
+                    "live"
                 ])
             }
         }

@@ -19,7 +19,7 @@ extension Handler {
     func restoreBackup(_ input: Operations.RestoreBackup.Input) async throws -> Operations.RestoreBackup.Output {
         await respond {
             guard case .json(let r) = input.body else { throw ManagerError.invalid("send application/json") }
-            return .accepted(.init(body: .json(Self.job(try await manager.restoreBackup(input.path.id, name: r.name, start: r.start ?? true)))))
+            return .accepted(.init(body: .json(Self.job(try await manager.restoreBackup(input.path.id, name: r.name, start: r.start ?? true, live: r.live ?? false)))))
         }
     }
 

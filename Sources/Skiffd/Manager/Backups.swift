@@ -75,7 +75,14 @@ extension Manager {
     /// running), empty disk files in its directory, then a `skiff backup
     /// restore` job into them; when that succeeds the VM starts (if
     /// `start`), when it fails the VM is removed again.
-    func restoreBackup(_ id: String, name given: String?, start: Bool) async throws -> BackupJobRecord {
+    ///
+    /// `live`: the job serves each disk on a socket while it restores it
+    /// (`skiff backup restore --live`), and the VM starts as soon as every
+    /// socket is there, its disks given `fill=`: a chunk the guest touches
+    /// first is fetched first, the rest comes in order. A live restore that
+    /// fails removes its VM, running or not.
+    func restoreBackup(_ id: String, name given: String?, start: Bool, live: Bool = false) async throws -> BackupJobRecord {
+        if live && !start { throw ManagerError.invalid("a live restore starts its VM: leave start true, or restore without live") }
         guard let target = backupTarget else {
             throw ManagerError.conflict("skiffd has no backup server: start it with --backup-server URL --backup-token-file FILE")
         }
@@ -106,9 +113,13 @@ extension Manager {
         let dir = VMDirectory(path: stateDirectory + "/vms/" + vmID)
         try makeDirectory(dir.path)
         try makeDirectory(dir.backups)
-        var outputs: [String] = []
+        var outputs: [String] = [], sockets: [String] = []
         for i in spec.disks.indices where !spec.disks[i].readOnly {
             let path = dir.path + "/disk\(outputs.count).img"
+            if live {
+                spec.disks[i].fill = dir.path + "/disk\(outputs.count).fill.sock"
+                sockets.append(spec.disks[i].fill!)
+            }
             // Empty until the job fills it: the row's disks exist from the start.
             guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
                 try? FileManager.default.removeItem(atPath: dir.path)
@@ -127,7 +138,7 @@ extension Manager {
             throw error
         }
         if start { try store.update(vm.name) { $0.desired = DesiredState.running.rawValue } }
-        let args = ["backup", "restore", id, "--force", "--json"] + outputs.flatMap { ["--disk-output", $0] }
+        let args = ["backup", "restore", id, "--force", "--json"] + outputs.flatMap { ["--disk-output", $0] } + sockets.flatMap { ["--live", $0] }
         do {
             return try startJob(kind: "restore", vm: name, trigger: "api", backup: id, directory: dir.backups, busy: "restored",
                                 arguments: args + target.arguments + target.keyArguments)
@@ -197,7 +208,10 @@ extension Manager {
         j.pid = nil; j.pidStart = nil
         try store.db.write { db in
             try j.update(db)
-            try Store.eventRecord(job.vm, "\(job.kind) \(state)", j.backup.map { "job \(job.id ?? 0), backup \($0)" } ?? "job \(job.id ?? 0)").insert(db)
+            // A failure's reason goes in the event too: a failed restore's VM, and its jobs with it, are removed.
+            let what = j.backup.map { "job \(job.id ?? 0), backup \($0)" } ?? "job \(job.id ?? 0)"
+            let why = state == "succeeded" ? "" : detail.map { ": " + $0.suffix(500) } ?? ""
+            try Store.eventRecord(job.vm, "\(job.kind) \(state)", what + why).insert(db)
             // A VM's history is its last 100 jobs (a schedule adds one per interval).
             try db.execute(sql: """
                 DELETE FROM backupJob WHERE vm = ? AND state != 'running' AND id NOT IN
@@ -236,12 +250,40 @@ extension Manager {
                 try finish(job, status: status, files: files)
             } else if let pid = job.pid, let start = job.pidStart, VMProcess.isAlive(.init(pid: pid_t(pid), start: start)) {
                 busy[job.vm] = job.kind == "backup" ? "backed up" : "restored" // adopted after a restart
+                if job.kind == "restore" { try startLive(job.vm) }
             } else if job.pid != nil || Date().timeIntervalSince1970 - Double(job.startedAt) > 10 {
                 // Read again: it may have ended between the two looks.
                 if let status = Self.readStatus(files.status) { try finish(job, status: status, files: files) } else { try interrupted(job, files: files) }
             }
         }
         try scheduledBackups()
+    }
+
+    /// A live restore's VM, once its filler serves every disk (each
+    /// socket is renamed into place when it listens): started once.
+    private func startLive(_ name: String) throws {
+        guard let vm = try store.vm(named: name), vm.desired == DesiredState.running.rawValue, vm.generation == 0,
+              VMState(rawValue: vm.observed) == .created else { return }
+        let spec = try JSON.decode(VMSpec.self, vm.spec)
+        let sockets = spec.disks.compactMap(\.fill)
+        guard !sockets.isEmpty, sockets.allSatisfy({ path in
+            var st = stat()
+            return lstat(path, &st) == 0 && st.st_mode & S_IFMT == S_IFSOCK
+        }) else { return }
+        do {
+            try admit(spec, excluding: vm.id)
+            _ = try launch(vm)
+            store.event(name, "live restore", "started on its disks as they arrive")
+        } catch {
+            // It starts when the restore has finished, if it can then.
+            logger.warning("\(name): a live start failed: \(error)")
+        }
+    }
+
+    /// A restored VM whose restore failed: its process (a live restore's runs) and everything else.
+    private func removeRestored(_ vm: VMRecord) throws {
+        if let id = identity(vm), VMProcess.isAlive(id) { Self.killTree(id); waitGone(id) }
+        try finishDelete(vm)
     }
 
     static func readStatus(_ path: String) -> Int32? {
@@ -255,16 +297,20 @@ extension Manager {
         let log = Self.tail(files.log)
         files.remove()
         busy[job.vm] = nil
-        let report = status == 0 ? (try? JSONSerialization.jsonObject(with: Data(out.utf8))) as? [String: Any] : nil
+        // A report, or a live restore's list of them (one per disk).
+        let parsed = status == 0 ? try? JSONSerialization.jsonObject(with: Data(out.utf8)) : nil
+        let report = parsed as? [String: Any] ?? ((parsed as? [[String: Any]]).map { ["disks": $0] })
         guard let report else {
             let why = log.isEmpty ? "exit status \(status)" : log
             try endJob(job, state: "failed", detail: why)
-            if job.kind == "restore", let vm = try store.vm(named: job.vm) { try finishDelete(vm); store.event(job.vm, "deleted", "its restore failed") }
+            if job.kind == "restore", let vm = try store.vm(named: job.vm) { try removeRestored(vm); store.event(job.vm, "deleted", "its restore failed") }
             return
         }
         let made = job.kind == "backup" ? report["id"] as? String : nil
         try endJob(job, state: "succeeded", backup: made, detail: out)
-        if job.kind == "restore", let vm = try store.vm(named: job.vm), vm.desired == DesiredState.running.rawValue {
+        // A live restore's VM runs already (unless it could not start on the partial disk).
+        if job.kind == "restore", let vm = try store.vm(named: job.vm), vm.desired == DesiredState.running.rawValue,
+           VMState(rawValue: vm.observed)?.isActive != true {
             do {
                 try admit(try JSON.decode(VMSpec.self, vm.spec), excluding: vm.id)
                 _ = try launch(vm)
@@ -284,7 +330,7 @@ extension Manager {
         try endJob(job, state: "interrupted", detail: "its process ended without an exit status (killed)" + (log.isEmpty ? "" : ": " + log))
         guard let vm = try store.vm(named: job.vm) else { return }
         if job.kind == "restore" {
-            try finishDelete(vm)
+            try removeRestored(vm)
             store.event(job.vm, "deleted", "its restore was interrupted")
             return
         }

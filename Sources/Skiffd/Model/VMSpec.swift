@@ -9,9 +9,14 @@ struct VMSpec: Codable, Sendable, Equatable {
         /// writable disk.
         var changeTracking: Bool? = nil
 
+        /// A live restore's filler (`skiff backup restore --live`), which
+        /// serves the disk while it arrives. Kept after: once the disk is
+        /// whole its flags file is gone, and the VMM takes it as a plain disk.
+        var fill: String? = nil
+
         var tracked: Bool { !readOnly && changeTracking != false }
-        /// `PATH[,ro|,cbt]` for `--disk`.
-        var option: String { path + (readOnly ? ",ro" : tracked ? ",cbt" : "") }
+        /// `PATH[,ro|,cbt][,fill=SOCKET]` for `--disk`.
+        var option: String { path + (readOnly ? ",ro" : tracked ? ",cbt" : "") + (fill.map { ",fill=" + $0 } ?? "") }
     }
     struct Resources: Codable, Sendable, Equatable {
         /// Relative CPU weight (cgroup v2 cpu.weight, v1 cpu.shares scaled); 100 is the default.
