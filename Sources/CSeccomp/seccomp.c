@@ -86,6 +86,8 @@ static const unsigned long vcpu_ioctls[] = {
     KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_GET_MSRS, KVM_SET_MSRS,
     KVM_GET_LAPIC, KVM_SET_LAPIC, KVM_GET_MP_STATE, KVM_SET_MP_STATE, KVM_GET_VCPU_EVENTS,
     KVM_SET_VCPU_EVENTS, KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS,
+    // A deterministic machine injects its interrupts at the vCPU's exits.
+    KVM_INTERRUPT,
     // Completing instructions KVM's emulator lacks (XSAVE, XRSTOR, FNCLEX).
     KVM_GET_XSAVE, KVM_SET_XSAVE, KVM_GET_XCRS,
 };

@@ -34,6 +34,19 @@ public final class KVMVcpu: @unchecked Sendable {
         ckvm_set_immediate_exit(run, on ? 1 : 0)
     }
 
+    /// Injects external interrupt `vector` (a VM without KVM's irqchip):
+    /// only when `readyForInterrupt`, else KVM refuses or loses it.
+    public func inject(vector: UInt8) throws {
+        var irq = kvm_interrupt(irq: UInt32(vector))
+        _ = try check("KVM_INTERRUPT", ckvm_ioctl_ptr(fd, CKVM_INTERRUPT, &irq))
+    }
+
+    /// At this exit, the guest takes an interrupt at its next entry (IF set, no shadow).
+    public var readyForInterrupt: Bool { run.pointee.ready_for_interrupt_injection != 0 }
+
+    /// Asks KVM to exit (KVM_EXIT_IRQ_WINDOW_OPEN) as soon as the guest can take an interrupt.
+    public func requestInterruptWindow(_ on: Bool) { run.pointee.request_interrupt_window = on ? 1 : 0 }
+
     /// Bytes of the run page, for bounds checks of offsets KVM hands us.
     public var runPageSize: Int { runSize }
 

@@ -12,12 +12,12 @@ final class ConsoleInput: @unchecked Sendable {
     static let endOfFile: UInt8 = 0x04 // ^D
     static let escape: UInt8 = 0x01 // ^A
     let fd: Int32
-    let serial: Serial8250
+    let serial: any ConsoleReceiver
     let onQuit: @Sendable () -> Void
     private var saved: termios?
     private var thread: HostThread?
 
-    init(fd: Int32, serial: Serial8250, onQuit: @escaping @Sendable () -> Void) {
+    init(fd: Int32, serial: any ConsoleReceiver, onQuit: @escaping @Sendable () -> Void) {
         self.fd = fd
         self.serial = serial
         self.onQuit = onQuit
@@ -81,7 +81,7 @@ final class ConsoleInput: @unchecked Sendable {
                         let starts = serial.receiverStartCount
                         quietTicks += 1
                         if (sentAt != starts || quietTicks >= 100) && serial.receiveSpace == Serial8250.rxCapacity {
-                            serial.receive([Self.endOfFile])
+                            _ = serial.receive([Self.endOfFile])
                             sentAt = starts
                             quietTicks = 0
                         }
@@ -110,3 +110,15 @@ final class ConsoleInput: @unchecked Sendable {
         if var t = saved { tcsetattr(fd, TCSANOW, &t) }
     }
 }
+
+/// Where host input goes: the UART, or a deterministic machine's queue
+/// (`HostInputQueue`), which hands it to the UART at the guest's exits.
+protocol ConsoleReceiver: Sendable {
+    /// Takes what fits; returns how many bytes.
+    func receive(_ bytes: some Collection<UInt8>) -> Int
+    /// Room right now (`Serial8250.rxCapacity` when empty).
+    var receiveSpace: Int { get }
+    var receiverStartCount: UInt64 { get }
+}
+
+extension Serial8250: ConsoleReceiver {}

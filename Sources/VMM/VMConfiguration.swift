@@ -25,6 +25,9 @@ public struct VMConfiguration: Sendable {
     /// KVM's dirty log and Skiff's own record of device writes, so that
     /// diff snapshots can save only what changed.
     public var trackDirtyPages = false
+    /// A deterministic machine (one vCPU, Skiff's PIC and PIT on the
+    /// guest's exits: `Determinism`), as recording and replay need.
+    public var deterministic = false
     /// The key this VM's snapshots are sealed with (`SnapshotSeal`), given
     /// by the launcher; nil: they are not sealed. Never saved.
     public var sealKey: [UInt8]?
@@ -53,6 +56,13 @@ public struct VMConfiguration: Sendable {
         }
         if let b = balloon, UInt64(b.targetMiB) >= memoryMiB {
             throw ConfigurationError("--balloon size=\(b.targetMiB): must be below the guest's memory (\(memoryMiB) MiB)")
+        }
+        if deterministic {
+            guard cpus == 1 else { throw ConfigurationError("--deterministic: one vCPU only (--cpus 1)") }
+            guard !hasVirtioDevices else {
+                throw ConfigurationError("--deterministic: no virtio devices yet (disks, --rng, nets, vsock, balloon): their completions are not yet applied at the guest's exits")
+            }
+            guard !trackDirtyPages else { throw ConfigurationError("--deterministic: no --track-dirty-pages (no snapshots of a deterministic machine yet)") }
         }
         guard memoryMiB <= hostMemoryMiB else {
             throw ConfigurationError("--memory \(memoryMiB): more than this host has (\(hostMemoryMiB) MiB)")

@@ -6,8 +6,9 @@ import Machine
 import SkiffControl
 import Synchronization
 
-/// One VM: guest memory, the in-kernel irqchip and PIT, legacy devices,
-/// vCPU threads; built from a configuration, run until it stops.
+/// One VM: guest memory, the in-kernel irqchip and PIT (or, deterministic,
+/// Skiff's), legacy devices, vCPU threads; built from a configuration, run
+/// until it stops.
 public final class VirtualMachine: @unchecked Sendable {
     public let configuration: VMConfiguration
     let kvm: KVMSystem
@@ -18,6 +19,8 @@ public final class VirtualMachine: @unchecked Sendable {
     /// backends KVM_GET_CPUID2 reports the host's bits, not these).
     let cpuidTables: [[kvm_cpuid_entry2]]
     let serial: Serial8250
+    /// A deterministic machine's schedule (nil: KVM's irqchip and PIT).
+    let determinism: Determinism?
     let i8042: I8042
     let cmos: CMOS
     let io: Bus
@@ -67,8 +70,10 @@ public final class VirtualMachine: @unchecked Sendable {
                                        host: region.host, logDirty: config.trackDirtyPages)
         }
         try? vm.setTSSAddress(X86Layout.kvmTSS) // VMX needs it; other backends may refuse
-        try vm.createIRQChip()
-        try vm.createPIT()
+        if !config.deterministic {
+            try vm.createIRQChip()
+            try vm.createPIT()
+        }
 
         // virtio devices: a 4 KiB MMIO window and an interrupt line each,
         // announced to Linux on its command line; assembled only when asked for.
@@ -89,12 +94,26 @@ public final class VirtualMachine: @unchecked Sendable {
 
         // Devices. Each sits where a PC has it.
         var io = Bus()
-        serial = Serial8250(irq: KVMInterruptLine(vm: vm, irq: 4), sink: consoleOutput)
+        if config.deterministic {
+            // Skiff's PIC and PIT in place of KVM's; the CMOS clock stands
+            // still at a fixed time (2026-01-01).
+            let pic = PIC8259(), pit: PIT8254
+            serial = Serial8250(irq: pic.line(4), sink: consoleOutput)
+            pit = PIT8254(irq: pic.line(0))
+            try io.attach(pic.ports(slave: false), at: 0x20, length: 2)
+            try io.attach(pic.ports(slave: true), at: 0xa0, length: 2)
+            try io.attach(pit, at: 0x40, length: 4)
+            cmos = CMOS(clock: { 1_767_225_600 })
+            determinism = Determinism(pic: pic, pit: pit, serial: serial, memory: memory)
+        } else {
+            serial = Serial8250(irq: KVMInterruptLine(vm: vm, irq: 4), sink: consoleOutput)
+            cmos = CMOS()
+            determinism = nil
+        }
         try io.attach(serial, at: 0x3f8, length: 8)
         let stopHandle = StopHandle()
         i8042 = I8042(onReset: { stopHandle.stop(.reset("i8042")) })
         try io.attach(i8042, at: 0x60, length: 5)
-        cmos = CMOS()
         try io.attach(cmos, at: 0x70, length: 2)
         self.io = io
 
@@ -106,12 +125,13 @@ public final class VirtualMachine: @unchecked Sendable {
         var cpuidTables: [[kvm_cpuid_entry2]] = []
         for id in 0..<UInt32(config.cpus) {
             let vcpu = try vm.createVcpu(id: id)
-            let cpuid = try snapshot?.cpuid(vcpu: id, supported: supported) ?? template.apply(to: supported, vcpu: id, vcpus: config.cpus)
+            var cpuid = try snapshot?.cpuid(vcpu: id, supported: supported) ?? template.apply(to: supported, vcpu: id, vcpus: config.cpus)
+            if config.deterministic { cpuid = CPUTemplate.deterministic(cpuid) }
             try vcpu.setCPUID(cpuid)
             cpuidTables.append(cpuid)
             if snapshot == nil {
                 try vcpu.setMSRs(VcpuBoot.bootMSRs)
-                try VcpuBoot.configureLocalInterrupts(vcpu)
+                if !config.deterministic { try VcpuBoot.configureLocalInterrupts(vcpu) }
                 if id == 0, let boot { try VcpuBoot.configure(vcpu, entry: boot.entry) }
             }
             vcpus.append(vcpu)
@@ -119,6 +139,7 @@ public final class VirtualMachine: @unchecked Sendable {
         self.vcpus = vcpus
         self.cpuidTables = cpuidTables
         stopHandle.machine = self
+        determinism?.pendingStop = { [unowned self] in self.stopReason.withLock { $0 } }
         if let snapshot {
             try restoreState(from: snapshot)
         }
@@ -167,15 +188,20 @@ public final class VirtualMachine: @unchecked Sendable {
             for t in virtio { t.quiesce() }
         }
         try transition(startPaused ? .startPaused : .start)
-        let sampler = GuestSampler.fromEnvironment(vcpus: loops.count)
-        for loop in loops { loop.sampler = sampler }
+        let sampler = determinism == nil ? GuestSampler.fromEnvironment(vcpus: loops.count) : nil
+        for loop in loops { loop.sampler = sampler; loop.schedule = determinism }
         var threads: [HostThread] = []
         for loop in loops {
             threads.append(try HostThread(name: "vcpu\(loop.vcpu.id)") { loop.run() })
         }
         running.withLock { $0 = Array(zip(loops, threads)) }
         sampler?.start(loops, threads, stopping: stopping)
-        let console = consoleInput.map { ConsoleInput(fd: $0, serial: serial, onQuit: { [unowned self] in self.stop(.consoleQuit) }) }
+        // A recording's input goes to the guest at its exits; a replay's comes from the log alone.
+        var receiver: any ConsoleReceiver = serial
+        if let d = determinism {
+            if case .replay = d.mode { receiver = HostInputQueue() } else { receiver = d.input } // typing into a replay changes nothing
+        }
+        let console = consoleInput.map { ConsoleInput(fd: $0, serial: receiver, onQuit: { [unowned self] in self.stop(.consoleQuit) }) }
         try console?.start()
         try Seccomp.lockMainThread(spawnProcesses: mainSpawnsProcesses)
 

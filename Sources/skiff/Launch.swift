@@ -32,6 +32,7 @@ func launch(_ base: VMConfiguration, snapshot: SnapshotImage?, options: RunOptio
     let exitFile: Int32 = options.exitFile.map { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) } ?? -1
     if let path = options.exitFile, exitFile < 0 { fail("--exit-file \(path): \(String(cString: strerror(errno)))", status: 2) }
     ExitFile.fd = exitFile
+    if Recording.fd >= 0 { Recording.describe(config) }
     let resources: HostResources
     let network = HostNetwork()
     // The VM's snapshots are sealed for exactly the resources opened here.
@@ -81,6 +82,7 @@ func runJailed(_ config: VMConfiguration, resources: HostResources, snapshot: Sn
     jail.uid = options.jailUID
     jail.gid = options.jailGID
     jail.keep = resources.descriptors + (snapshot?.layers.map(\.fd) ?? []) + (ExitFile.fd >= 0 ? [ExitFile.fd] : [])
+        + (Recording.fd >= 0 ? [Recording.fd] : [])
     if let v = config.vsock { jail.binds = [directory(of: v.socketPath)] }
     // Signals for the VMM are taken here (blocked before the fork, so none
     // is lost in between) and passed on.
@@ -146,8 +148,10 @@ func runMachine(_ config: VMConfiguration, resources: HostResources, snapshot: S
         let output = try ConsoleOutput.standardOutput(), guest = GuestReport()
         let machine = try VirtualMachine(config, resources: resources, restoring: snapshot,
                                          consoleOutput: { guest.feed($0); output.write($0) })
-        let reason = try machine.run(startPaused: options.paused, mainSpawnsProcesses: mainSpawnsProcesses)
-        return exitStatus(reason, guest.ending)
+        try Recording.attach(machine)
+        let reason = try machine.run(consoleInput: Recording.events == nil ? STDIN_FILENO : nil, startPaused: options.paused,
+                                     mainSpawnsProcesses: mainSpawnsProcesses)
+        return try Recording.finish(machine) ?? exitStatus(reason, guest.ending)
     } catch let e as UserInputError {
         report(e.description)
         ExitFile.write("reason \(e.description)\n")

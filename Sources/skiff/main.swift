@@ -42,6 +42,13 @@ usage: skiff run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline TEXT
        skiff clone SNAPSHOT -n N [--output-dir DIR]
                                    N VMs from one snapshot, each with its own
                                    MAC, vsock CID and socket, TAP name
+       skiff run --deterministic ...  a machine that runs the same each time: one
+                                   vCPU, Skiff's PIC and PIT on the guest's
+                                   exits, no virtio devices yet
+       skiff record DIR [run options]   a deterministic run, its inputs and
+                                   state hashes logged in DIR/events
+       skiff replay DIR            runs it again from the log alone, checking
+                                   every event; exit 1 at the first difference
        skiff pause|resume|status SOCKET
        skiff snapshot SOCKET DIR [--diff]
                                    through a VM's control socket
@@ -123,6 +130,8 @@ struct RunOptions {
     var name: String?
     /// `--cold`: boot an image even if it has a ready snapshot (ReadySnapshot).
     var cold = false
+    /// `--deterministic`: a machine that runs the same each time (Determinism; `skiff record`).
+    var deterministic = false
 
     init(_ args: ArraySlice<String>) throws(ConfigurationError) {
         var rest = args
@@ -147,6 +156,7 @@ struct RunOptions {
             if arg == "--rm" { continue }
             if arg == "--rng" { rng = true; continue }
             if arg == "--cold" { cold = true; continue }
+            if arg == "--deterministic" { deterministic = true; continue }
             if arg == "--track-dirty-pages" { trackDirtyPages = true; continue }
             if arg == "--paused" { paused = true; continue }
             if arg == "--no-jail" { jail = false; continue }
@@ -305,6 +315,7 @@ extension BlockError: UserInputError {}
 extension VsockError: UserInputError {}
 extension NetError: UserInputError {}
 extension SnapshotError: UserInputError {}
+extension ReplayError: UserInputError {}
 
 func run(_ args: ArraySlice<String>) -> Never {
     var options: RunOptions
@@ -329,6 +340,7 @@ func run(_ args: ArraySlice<String>) -> Never {
     if let c = options.cmdline { config.commandLine = c }
     if !options.append.isEmpty { config.commandLine = ([config.commandLine] + options.append).joined(separator: " ") }
     config.cpus = options.cpus
+    config.deterministic = options.deterministic
     config.memoryMiB = options.memoryMiB
     config.cpuTemplate = options.template
     config.disks = options.disks
@@ -460,6 +472,10 @@ case "run":
     run(args.dropFirst())
 case "restore":
     restore(args.dropFirst())
+case "record":
+    Recording.record(args.dropFirst())
+case "replay":
+    Recording.replay(args.dropFirst())
 case "cp":
     Copy.main(args.dropFirst())
 case "exec":

@@ -68,11 +68,21 @@ long_entry:
     mov %rax, tss+4                 /* rsp0 */
     mov $0x28, %ax
     ltr %ax
-    /* IDT: every vector to fault_stub, #GP to gp_handler */
+    /* IDT: every exception to fault_stub, #GP to gp_handler; vectors
+     * 32-47 (the PIC's IRQs 0-15, for probes that program it and sti) to
+     * irq_stubs, which count them in irq_count */
     lea idt(%rip), %rdi
     xor %ecx, %ecx
 3:  lea fault_stub(%rip), %rax
-    cmp $13, %ecx
+    cmp $32, %ecx
+    jb 10f
+    lea irq_stubs(%rip), %rax
+    mov %ecx, %edx
+    sub $32, %edx
+    shl $4, %edx
+    add %rdx, %rax
+    jmp 4f
+10: cmp $13, %ecx
     jne 4f
     lea gp_handler(%rip), %rax
 4:  mov %ax, (%rdi)
@@ -86,7 +96,7 @@ long_entry:
     mov %ecx, %eax
     add $16, %rdi
     inc %ecx
-    cmp $32, %ecx
+    cmp $48, %ecx
     jb 3b
     lidt idt_ptr(%rip)
     /* to CPL3: SS, RSP, RFLAGS, CS, RIP */
@@ -125,8 +135,16 @@ gp_handler:
     je do_inl
     cmp $0xf4, %esi
     je do_hlt
+    cmp $0xfb, %esi
+    je do_sti
+    cmp $0xfa, %esi
+    je do_cli
     mov $13, %eax
     jmp fatal
+do_sti: orq $0x200, 48(%rsp)        /* IF in the saved RFLAGS */
+    jmp gp_done
+do_cli: andq $~0x200, 48(%rsp)
+    jmp gp_done
 do_outb: out %al, %dx
     jmp gp_done
 do_outl: out %eax, %dx
@@ -142,6 +160,31 @@ do_hlt: hlt
 gp_done:
     incq 32(%rsp)
     pop %rsi
+    pop %rdx
+    pop %rax
+    add $8, %rsp
+    iretq
+
+/* IRQ n (vector 32 + n): counted, EOI'd (the slave too from IRQ 8), and
+ * back. 16 bytes each, so the IDT's loop can find them. */
+    .balign 16
+irq_stubs:
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+    .balign 16
+    pushq $\n
+    jmp irq_common
+    .endr
+irq_common:
+    push %rax
+    push %rdx
+    mov 16(%rsp), %rax
+    lea irq_count(%rip), %rdx
+    incq (%rdx,%rax,8)
+    mov $0x20, %al
+    cmpq $8, 16(%rsp)
+    jb 11f
+    out %al, $0xa0
+11: out %al, $0x20
     pop %rdx
     pop %rax
     add $8, %rsp
@@ -195,7 +238,7 @@ gdt_ptr:
     .word gdt_end - gdt - 1
     .long gdt
 idt_ptr:
-    .word 32 * 16 - 1
+    .word 48 * 16 - 1
     .quad idt
 
     .pushsection .note.Xen, "a"
@@ -210,7 +253,7 @@ idt_ptr:
 pml4: .skip 4096
 pdpt: .skip 4096
 pd:   .skip 4096 * 4
-idt:  .skip 32 * 16
+idt:  .skip 48 * 16
 tss:  .skip 104
     .balign 16
 kstack: .skip 16384
@@ -219,3 +262,6 @@ ustack: .skip 65536
 ustack_top:
     .globl pvh_start_info
 pvh_start_info: .quad 0
+    .globl irq_count
+    .balign 8
+irq_count: .skip 16 * 8

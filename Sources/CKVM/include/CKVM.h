@@ -47,6 +47,8 @@ static const unsigned long CKVM_SET_FPU = KVM_SET_FPU;
 static const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
 static const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
 static const unsigned long CKVM_GET_MP_STATE = KVM_GET_MP_STATE;
+// A deterministic machine's interrupts, injected from user space (no irqchip).
+static const unsigned long CKVM_INTERRUPT = KVM_INTERRUPT;
 
 // Saving and restoring a VM (snapshots).
 static const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
@@ -78,6 +80,7 @@ static const uint32_t CKVM_EXIT_FAIL_ENTRY = KVM_EXIT_FAIL_ENTRY;
 static const uint32_t CKVM_EXIT_INTERNAL_ERROR = KVM_EXIT_INTERNAL_ERROR;
 static const uint32_t CKVM_EXIT_SYSTEM_EVENT = KVM_EXIT_SYSTEM_EVENT;
 static const uint32_t CKVM_EXIT_INTR = KVM_EXIT_INTR;
+static const uint32_t CKVM_EXIT_IRQ_WINDOW_OPEN = KVM_EXIT_IRQ_WINDOW_OPEN;
 static const uint32_t CKVM_EXIT_UNKNOWN = KVM_EXIT_UNKNOWN;
 static const uint32_t CKVM_EXIT_EXCEPTION = KVM_EXIT_EXCEPTION;
 static const uint32_t CKVM_EXIT_DEBUG = KVM_EXIT_DEBUG;

@@ -75,6 +75,32 @@ public enum CPUTemplate: String, CaseIterable, Sendable {
         return entries
     }
 
+    /// A deterministic machine's CPUID (on top of a template's): nothing
+    /// that gives the guest a value or a time from outside its exits. No
+    /// RDRAND or RDSEED, no invariant TSC, no TSC deadline, no local APIC
+    /// (the machine has only a PIC), and no KVM leaves (no kvmclock). On
+    /// PVM hosts guest user mode still sees the host's CPUID and runs RDTSC
+    /// and RDRAND natively: what a replay there cannot make the same.
+    public static func deterministic(_ entries: [kvm_cpuid_entry2]) -> [kvm_cpuid_entry2] {
+        entries.compactMap { entry in
+            var e = entry
+            switch e.function {
+            case 1:
+                e.ecx &= ~(1 << 30 | 1 << 24 | 1 << 21) // RDRAND, TSC deadline, x2APIC
+                e.edx &= ~(1 << 9) // APIC
+            case 7 where e.index == 0:
+                e.ebx &= ~(1 << 18) // RDSEED
+            case 0x8000_0007:
+                e.edx &= ~(1 << 8) // invariant TSC
+            case 0x4000_0000...0x4000_00ff:
+                return nil
+            default:
+                break
+            }
+            return e
+        }
+    }
+
     enum Bit {
         static let cx16: UInt32 = 1 << 13, popcnt: UInt32 = 1 << 23
         static let fsgsbase: UInt32 = 1 << 0, smap: UInt32 = 1 << 20

@@ -18,12 +18,18 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
     case emulationFailure(vcpu: UInt32, detail: String)
     /// A KVM call failed or KVM reported an exit it could not run.
     case kvmError(String)
+    /// A replay did not do what its recording did (the first difference).
+    case divergence(String)
+    /// A recording or replay could not go on (its log could not be written).
+    case recordingFailed(String)
+    /// A replay reached the end of a recording that was stopped from the host.
+    case replayEnded
 
     /// `skiff run`'s exit status: 0 for an orderly stop.
     public var exitStatus: Int32 {
         switch self {
-        case .reset, .powerOff, .signal, .requested, .consoleQuit, .tripleFault: 0
-        case .guestCrash, .emulationFailure, .kvmError: 1
+        case .reset, .powerOff, .signal, .requested, .consoleQuit, .tripleFault, .replayEnded: 0
+        case .guestCrash, .emulationFailure, .kvmError, .divergence, .recordingFailed: 1
         }
     }
 
@@ -38,6 +44,9 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
         case .guestCrash: "guest reported a crash"
         case .emulationFailure(let v, let d): "KVM emulation failure on vCPU \(v): \(d)"
         case .kvmError(let e): "KVM error: \(e)"
+        case .divergence(let d): "replay diverged: \(d)"
+        case .recordingFailed(let d): "recording failed: \(d)"
+        case .replayEnded: "the replay reached the end of its recording"
         }
     }
 }

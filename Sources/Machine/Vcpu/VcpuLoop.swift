@@ -29,6 +29,8 @@ public final class VcpuLoop: @unchecked Sendable {
     public private(set) var exits: UInt64 = 0
     /// SKIFF_GUEST_PROFILE's sampler: a kick with nothing else asked is a sample.
     public var sampler: GuestSampler?
+    /// A deterministic machine's timing, inputs and checks (nil: KVM's irqchip does it).
+    public var schedule: ExitSchedule?
 
     public init(vcpu: KVMVcpu, io: Bus, mmio: Bus, stopping: StopFlag, pauseGate: PauseGate,
                 completion: InstructionCompletion? = nil, onStop: @escaping @Sendable (StopReason) -> Void) {
@@ -56,15 +58,21 @@ public final class VcpuLoop: @unchecked Sendable {
                     continue
                 }
             } catch {
-                onStop(.kvmError("\(error)"))
+                finish(.kvmError("\(error)"))
                 return
             }
             exits &+= 1
-            if let reason = dispatch() {
-                onStop(reason)
+            if let reason = dispatch() ?? schedule?.afterExit(vcpu, reason: vcpu.run.pointee.exit_reason) {
+                finish(reason)
                 return
             }
         }
+        schedule?.finished(vcpu, reason: nil)
+    }
+
+    func finish(_ reason: StopReason) {
+        schedule?.finished(vcpu, reason: reason)
+        onStop(reason)
     }
 
     /// Makes the vCPU leave KVM_RUN now (or skip its next entry).
@@ -96,7 +104,7 @@ public final class VcpuLoop: @unchecked Sendable {
             let data = UnsafeMutableRawBufferPointer(start: ckvm_mmio_data(run), count: length)
             if m.is_write != 0 { mmio.write(m.phys_addr, data: UnsafeRawBufferPointer(data)) }
             else { mmio.read(m.phys_addr, into: data) }
-        case CKVM_EXIT_INTR:
+        case CKVM_EXIT_INTR, CKVM_EXIT_IRQ_WINDOW_OPEN:
             break
         case CKVM_EXIT_HLT:
             return .powerOff

@@ -1,0 +1,196 @@
+import CKVM
+import Devices
+import Glibc
+import KVM
+import Machine
+
+/// A deterministic machine's schedule (`--deterministic`, `skiff record`,
+/// `skiff replay`): one vCPU, no in-kernel irqchip, and everything that
+/// could differ between two runs decided at the guest's own exits (port
+/// and MMIO accesses, interrupt windows), which come in the same order
+/// each run because the guest's code makes them.
+///
+/// - Time: the PIT counts `ticksPerExit` per exit, never the host's clock.
+/// - Interrupts: the emulated PIC's, injected at an exit where the guest
+///   can take one (else an interrupt window is asked for).
+/// - Input: typed bytes reach the UART at an exit; the log says which.
+/// - Checks: every interrupt (with a CRC of the registers where it
+///   landed), and every `checkpointEvery` exits a checkpoint (CRCs of the
+///   vCPU's registers and of all guest memory); the end, the same.
+///
+/// Recording writes these events; replay reads them, gives the inputs at
+/// their exits and compares everything else as it happens, stopping at
+/// the first difference with the event, what differed and the vCPU's RIP.
+/// Not yet here: virtio devices (their completions must be applied at
+/// exits too), landing an input where the guest makes no exits (it waits
+/// for the next one), and starting from a snapshot.
+final class Determinism: ExitSchedule, @unchecked Sendable {
+    enum Mode {
+        /// `skiff run --deterministic`: input at exits, nothing logged.
+        case free
+        case record(EventLogWriter)
+        case replay([ReplayEvent])
+    }
+    /// The host's input, moved into the UART at exits (none on replay).
+    let input = HostInputQueue()
+
+    /// About 10 µs of guest time per exit: the exit rate of a guest busy
+    /// with its devices here, so its timer ticks at roughly the usual rate.
+    static let ticksPerExit: UInt64 = 12
+    static let defaultCheckpointEvery: UInt64 = 5_000
+
+    let pic: PIC8259
+    let pit: PIT8254
+    let serial: Serial8250
+    let memory: GuestMemory
+    let checkpointEvery: UInt64
+    var mode: Mode = .free
+    /// The guest's exits so far: the machine's only clock.
+    private(set) var exits: UInt64 = 0
+    /// Replay: the next event of the log.
+    private(set) var cursor = 0
+    private(set) var checkpoints = 0
+    /// Replay: true once every event matched, the end included.
+    private(set) var matched = false
+
+    init(pic: PIC8259, pit: PIT8254, serial: Serial8250, memory: GuestMemory, checkpointEvery: UInt64 = defaultCheckpointEvery) {
+        self.pic = pic
+        self.pit = pit
+        self.serial = serial
+        self.memory = memory
+        self.checkpointEvery = max(1, checkpointEvery)
+    }
+
+    func afterExit(_ vcpu: KVMVcpu, reason: UInt32) -> StopReason? {
+        // A kick (stop, pause, a report) is the host's, not the guest's.
+        if reason == CKVM_EXIT_INTR { return nil }
+        exits += 1
+        if let missed = overdue() { return missed }
+        // A stop asked for during this exit (the guest's reset, or the
+        // host's) ends the run here, not some exits later when the main
+        // thread gets to it: the end is at the same exit every time.
+        if let stop = pendingStop() { return end(vcpu, reason: stop.description) ?? stop }
+        pit.advance(to: exits &* Self.ticksPerExit)
+        if let r = takeInputs(vcpu) { return r }
+        if let r = interrupt(vcpu) { return r }
+        if exits % checkpointEvery == 0 {
+            checkpoints += 1
+            if let r = produce(.checkpoint(exit: exits, vcpu: Self.vcpuCRC(vcpu), memory: memoryCRC()), vcpu) { return r }
+        }
+        // A recording stopped from the host ends at its last exit.
+        if case .replay(let log) = mode, cursor < log.count, case .end(let e, _, _, let why) = log[cursor], e == exits {
+            return end(vcpu, reason: why) ?? .replayEnded
+        }
+        return nil
+    }
+
+    func finished(_ vcpu: KVMVcpu, reason: StopReason?) {
+        _ = end(vcpu, reason: reason?.description ?? Self.hostStop)
+    }
+
+    static let hostStop = "stopped from the host"
+    /// The VM's stop reason, if one was asked for (set by the VirtualMachine).
+    var pendingStop: () -> StopReason? = { nil }
+    private var ended = false
+    /// Replay: the first difference found at the end.
+    private(set) var divergence: String?
+
+    /// The end record, once: written, or compared.
+    private func end(_ vcpu: KVMVcpu, reason: String) -> StopReason? {
+        guard !ended else { return nil }
+        ended = true
+        let r = produce(.end(exit: exits, vcpu: Self.vcpuCRC(vcpu), memory: memoryCRC(), reason: reason), vcpu)
+        if case .divergence(let d)? = r { divergence = d }
+        if case .replay = mode, r == nil { matched = true }
+        return r
+    }
+
+    // MARK: inputs
+
+    private func takeInputs(_ vcpu: KVMVcpu) -> StopReason? {
+        switch mode {
+        case .free, .record:
+            let space = serial.receiveSpace
+            guard space > 0 else { return nil }
+            let bytes = input.take(space)
+            guard !bytes.isEmpty else { return nil }
+            _ = serial.receive(bytes)
+            return produce(.consoleInput(exit: exits, bytes: bytes), vcpu)
+        case .replay(let log):
+            while cursor < log.count, log[cursor].isInput, log[cursor].exit == exits {
+                if case .consoleInput(_, let bytes) = log[cursor] {
+                    guard serial.receive(bytes) == bytes.count else {
+                        return diverged(vcpu, "event \(cursor + 1) (\(log[cursor].summary)): the UART has no room for it")
+                    }
+                }
+                cursor += 1
+            }
+            return nil
+        }
+    }
+
+    /// Replay: an event of the log whose exit has passed without it.
+    private func overdue() -> StopReason? {
+        guard case .replay(let log) = mode, cursor < log.count, log[cursor].exit < exits else { return nil }
+        return .divergence("event \(cursor + 1) (\(log[cursor].summary)) did not happen: the replay is at exit \(exits) without it")
+    }
+
+    // MARK: interrupts
+
+    private func interrupt(_ vcpu: KVMVcpu) -> StopReason? {
+        guard pic.pendingVector != nil else { vcpu.requestInterruptWindow(false); return nil }
+        guard vcpu.readyForInterrupt else { vcpu.requestInterruptWindow(true); return nil }
+        guard let vector = pic.acknowledge() else { return nil }
+        do { try vcpu.inject(vector: vector) } catch { return .kvmError("\(error)") }
+        vcpu.requestInterruptWindow(false)
+        return produce(.interrupt(exit: exits, vector: vector, registers: Self.registersCRC(vcpu)), vcpu)
+    }
+
+    // MARK: the log
+
+    /// Record: appends. Replay: the log's next event must be this one.
+    private func produce(_ event: ReplayEvent, _ vcpu: KVMVcpu) -> StopReason? {
+        switch mode {
+        case .free: return nil
+        case .record(let writer):
+            do { try writer.append(event) } catch { return .recordingFailed("\(error)") }
+            return nil
+        case .replay(let log):
+            guard cursor < log.count else { return diverged(vcpu, "the replay went on past its recording's end: \(event.summary)") }
+            let want = log[cursor]
+            guard want == event else {
+                return diverged(vcpu, "event \(cursor + 1): the recording has \(want.summary), the replay \(event.summary)")
+            }
+            cursor += 1
+            return nil
+        }
+    }
+
+    private func diverged(_ vcpu: KVMVcpu, _ what: String) -> StopReason {
+        let rip = (try? vcpu.registers().rip).map { "0x" + String($0, radix: 16) } ?? "?"
+        return .divergence("\(what); vCPU at rip \(rip), exit \(exits)")
+    }
+
+    // MARK: state hashes
+
+    static func registersCRC(_ vcpu: KVMVcpu) -> UInt32 {
+        guard var r = try? vcpu.registers() else { return 0 }
+        return withUnsafeBytes(of: &r) { ckvm_crc32c(0, $0.baseAddress, $0.count) }
+    }
+
+    /// The general registers and the control and segment state.
+    static func vcpuCRC(_ vcpu: KVMVcpu) -> UInt32 {
+        var crc = registersCRC(vcpu)
+        if var s = try? vcpu.specialRegisters() {
+            crc = withUnsafeBytes(of: &s) { ckvm_crc32c(crc, $0.baseAddress, $0.count) }
+        }
+        return crc
+    }
+
+    /// All of guest RAM (16 MiB in 2 ms with SSE 4.2's CRC-32C).
+    func memoryCRC() -> UInt32 {
+        var crc: UInt32 = 0
+        for r in memory.regions { crc = ckvm_crc32c(crc, r.host, Int(r.size)) }
+        return crc
+    }
+}

@@ -1,0 +1,125 @@
+import Foundation
+import XCTest
+@testable import Machine
+
+/// `skiff record` and `skiff replay` on the replay probe (probes/replay.c:
+/// PIT and UART interrupts at CPL3, spin loops that make no exits, input
+/// typed while it records): a recording replays with the same console
+/// output and the same state hashes, again and again with the host busy;
+/// a changed input is found at its event; bad logs are refused.
+final class ReplayTests: XCTestCase {
+    func directory(_ name: String) -> String {
+        let d = NSTemporaryDirectory() + "/skiff-replay-\(getpid())-\(name)"
+        try? FileManager.default.removeItem(atPath: d)
+        return d
+    }
+
+    /// Records the probe, typing `input` once it is READY; its stdout.
+    func record(_ dir: String, input: String = "hello q") throws -> String {
+        let s = try Session(Harness.skiff, ["record", dir, "--kernel", Harness.probe("replay"), "--memory", "16"])
+        XCTAssertTrue(s.waitFor("READY", timeout: 60), s.stdout + s.stderr)
+        // Typed in two goes, a while apart: where each lands is the recording's to keep.
+        s.send(String(input.prefix(3)))
+        usleep(200_000)
+        s.send(String(input.dropFirst(3)))
+        let r = s.wait(timeout: 60)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("REPLAY-DONE"), r.stdout)
+        XCTAssertTrue(r.stderr.contains("recorded "), r.stderr)
+        return r.stdout
+    }
+
+    func counts(_ out: String) -> (irq0: Int, irq4: Int) {
+        let done = out.split(separator: "\n").first { $0.hasPrefix("REPLAY-DONE") } ?? ""
+        func value(_ key: String) -> Int {
+            guard let r = done.range(of: key + "=") else { return -1 }
+            return Int(done[r.upperBound...].prefix { $0.isNumber }) ?? -1
+        }
+        return (value("irq0"), value("irq4"))
+    }
+
+    func testRecordOnceReplayTwentyTimesWithTheHostBusy() throws {
+        let dir = directory("twenty")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let recorded = try record(dir)
+        let (irq0, irq4) = counts(recorded)
+        XCTAssertGreaterThan(irq0, 10, "the timer ticked: \(recorded)")
+        XCTAssertGreaterThan(irq4, 0, "input came by interrupt: \(recorded)")
+        // Other load on the host meanwhile: two busy processes.
+        let burners = try (0..<2).map { _ in try Session("/bin/sh", ["-c", "while :; do :; done"]) }
+        defer { for b in burners { kill(b.pid, SIGKILL); _ = b.wait(timeout: 5) } }
+        for i in 0..<20 {
+            let r = try Harness.skiff(["replay", dir], timeout: 120)
+            XCTAssertEqual(r.status, 0, "replay \(i): \(r.stderr)")
+            XCTAssertEqual(r.stdout, recorded, "replay \(i) printed what the recording printed")
+            XCTAssertTrue(r.stderr.contains("replay matched all"), "replay \(i): \(r.stderr)")
+        }
+    }
+
+    /// One input byte changed (the log rewritten with its checksums made
+    /// right): the replay stops at the first event after it that differs,
+    /// exit 1, naming the event and the vCPU's place.
+    func testChangedInputStopsAtTheFirstDivergentEvent() throws {
+        let dir = directory("changed")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try record(dir)
+        let path = dir + "/events"
+        let (header, events) = try EventLog.read(path)
+        guard let i = events.firstIndex(where: { if case .consoleInput = $0 { return true } else { return false } }),
+              case .consoleInput(let exit, var bytes) = events[i] else { return XCTFail("no input recorded") }
+        bytes[0] ^= 0x01
+        var changed = events
+        changed[i] = .consoleInput(exit: exit, bytes: bytes)
+        var (out, crc) = EventLog.encodeHeader(header)
+        for e in changed { let (b, c) = EventLog.encode(e, previous: crc); out += b; crc = c }
+        try Data(out).write(to: URL(fileURLWithPath: path))
+        let r = try Harness.skiff(["replay", dir], timeout: 120)
+        XCTAssertEqual(r.status, 1, r.stderr)
+        let line = r.stderrLines.first { $0.contains("replay diverged") } ?? ""
+        XCTAssertTrue(line.contains("event ") && line.contains("rip 0x"), r.stderr)
+        // Never later than the first event after the input that depends on it.
+        let number = Int(line.split(separator: "event ").dropFirst().first?.prefix { $0.isNumber } ?? "") ?? -1
+        XCTAssertGreaterThan(number, i + 1, r.stderr)
+        XCTAssertLessThanOrEqual(number, changed.count, r.stderr)
+    }
+
+    /// Truncated, corrupt, foreign and other-format logs, and a changed
+    /// kernel: exit 2, one line, and the guest never runs.
+    func testBadLogsAreRefused() throws {
+        let dir = directory("bad")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try record(dir, input: "q")
+        let path = dir + "/events"
+        let good = try Data(contentsOf: URL(fileURLWithPath: path))
+        var cases: [(String, Data)] = [
+            ("truncated", good.prefix(good.count - 3)),
+            ("cut at a record", good.prefix(good.count / 2)),
+            ("empty", Data()),
+            ("foreign", Data("SKIFFSTA and then something else".utf8)),
+        ]
+        var flipped = good; flipped[good.count / 2] ^= 0x08
+        cases.append(("corrupt", flipped))
+        var other = good; other[8] = 7
+        cases.append(("another format", other))
+        for (what, bytes) in cases {
+            try bytes.write(to: URL(fileURLWithPath: path))
+            let r = try Harness.skiff(["replay", dir], timeout: 60)
+            XCTAssertEqual(r.status, 2, "\(what): \(r.stderr)")
+            XCTAssertEqual(r.stderrLines.count, 1, "\(what): \(r.stderr)")
+            XCTAssertFalse(r.stdout.contains("REPLAY-START"), what)
+        }
+        XCTAssertEqual(try Harness.skiff(["replay", dir + "/nothing"], timeout: 60).status, 2)
+    }
+
+    /// `skiff run --deterministic` without input: the same output each time.
+    func testDeterministicRunsAreTheSame() throws {
+        let outs = try (0..<3).map { _ in
+            try Harness.skiff(["run", "--deterministic", "--kernel", Harness.probe("replay"), "--memory", "16", "--cmdline", "noinput"], timeout: 60)
+        }
+        for r in outs { XCTAssertEqual(r.status, 0, r.stderr) }
+        XCTAssertTrue(outs[0].stdout.contains("REPLAY-DONE"), outs[0].stdout)
+        XCTAssertEqual(Set(outs.map(\.stdout)).count, 1, outs.map(\.stdout).joined(separator: "\n---\n"))
+        let r = try Harness.skiff(["run", "--deterministic", "--cpus", "2", "--kernel", Harness.probe("replay")], timeout: 60)
+        XCTAssertEqual(r.status, 2, r.stderr)
+    }
+}
