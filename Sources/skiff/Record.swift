@@ -90,11 +90,8 @@ enum Recording {
             report("replay matched all \(o.events) events (\(o.checkpoints) checkpoints) through exit \(o.exits)")
             return nil
         }
-        if let d = o.divergence {
-            report("replay diverged: \(d)")
-            return 1
-        }
-        // A divergence found during the run is the stop reason, reported as such.
-        return nil
+        report("replay diverged: \(o.divergence ?? "it ended before its recording did")")
+        ExitFile.write("reason replay diverged\n")
+        return 1
     }
 }

@@ -65,7 +65,7 @@ final class Determinism: ExitSchedule, @unchecked Sendable {
         // A kick (stop, pause, a report) is the host's, not the guest's.
         if reason == CKVM_EXIT_INTR { return nil }
         exits += 1
-        if let missed = overdue() { return missed }
+        if let missed = overdue(vcpu) { return missed }
         // A stop asked for during this exit (the guest's reset, or the
         // host's) ends the run here, not some exits later when the main
         // thread gets to it: the end is at the same exit every time.
@@ -92,7 +92,7 @@ final class Determinism: ExitSchedule, @unchecked Sendable {
     /// The VM's stop reason, if one was asked for (set by the VirtualMachine).
     var pendingStop: () -> StopReason? = { nil }
     private var ended = false
-    /// Replay: the first difference found at the end.
+    /// Replay: the first difference.
     private(set) var divergence: String?
 
     /// The end record, once: written, or compared.
@@ -100,7 +100,6 @@ final class Determinism: ExitSchedule, @unchecked Sendable {
         guard !ended else { return nil }
         ended = true
         let r = produce(.end(exit: exits, vcpu: Self.vcpuCRC(vcpu), memory: memoryCRC(), reason: reason), vcpu)
-        if case .divergence(let d)? = r { divergence = d }
         if case .replay = mode, r == nil { matched = true }
         return r
     }
@@ -130,9 +129,9 @@ final class Determinism: ExitSchedule, @unchecked Sendable {
     }
 
     /// Replay: an event of the log whose exit has passed without it.
-    private func overdue() -> StopReason? {
+    private func overdue(_ vcpu: KVMVcpu) -> StopReason? {
         guard case .replay(let log) = mode, cursor < log.count, log[cursor].exit < exits else { return nil }
-        return .divergence("event \(cursor + 1) (\(log[cursor].summary)) did not happen: the replay is at exit \(exits) without it")
+        return diverged(vcpu, "event \(cursor + 1) (\(log[cursor].summary)) did not happen")
     }
 
     // MARK: interrupts
@@ -166,9 +165,13 @@ final class Determinism: ExitSchedule, @unchecked Sendable {
         }
     }
 
+    /// The first difference: kept, and the run ends with it (no end record is compared after).
     private func diverged(_ vcpu: KVMVcpu, _ what: String) -> StopReason {
         let rip = (try? vcpu.registers().rip).map { "0x" + String($0, radix: 16) } ?? "?"
-        return .divergence("\(what); vCPU at rip \(rip), exit \(exits)")
+        let d = "\(what); vCPU at rip \(rip), exit \(exits)"
+        if divergence == nil { divergence = d }
+        ended = true
+        return .divergence(d)
     }
 
     // MARK: state hashes
