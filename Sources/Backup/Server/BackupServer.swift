@@ -6,6 +6,7 @@ import HummingbirdCore
 import HummingbirdTLS
 import Logging
 import NIOCore
+import NIOPosix
 import NIOSSL
 import ServiceLifecycle
 
@@ -180,7 +181,7 @@ struct Routes: Sendable {
             _ = try blob.withUnsafeReadableBytes { b in try Chunk.verify(b, digest: d) }
             if try await repo.adopt(d, session: s, host: h) { return Response(status: .noContent) }
             let store = repo.store
-            let staged = try blob.withUnsafeReadableBytes { b in try store.stage(d, b) }
+            let staged = try await ChunkStore.disk.runIfActive { try blob.withUnsafeReadableBytes { b in try store.stage(d, b) } }
             try await repo.received(d, staged: staged, session: s, host: h)
             return Response(status: .noContent)
         }
@@ -210,7 +211,8 @@ struct Routes: Sendable {
             let h = try host(r)
             let d = try digest(c)
             guard await repo.mayRead(d, host: h) else { throw BackupError.notFound("no backup of this host holds chunk \(d.hex)") }
-            let blob = try repo.store.read(d)
+            let store = repo.store
+            let blob = try await ChunkStore.disk.runIfActive { try store.read(d) }
             return Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: .init(byteBuffer: blob))
         }
         router.post("/v1/prune") { r, _ in
@@ -232,7 +234,7 @@ struct Routes: Sendable {
                     guard let (d, ids) = pending.next() else { return false }
                     g.addTask {
                         do {
-                            let blob = try store.read(d)
+                            let blob = try await ChunkStore.disk.runIfActive { try store.read(d) }
                             _ = try blob.withUnsafeReadableBytes { try Chunk.verify($0, digest: d) }
                             return nil
                         } catch {
