@@ -205,6 +205,10 @@ static int add_role(scmp_filter_ctx ctx, int role) {
     case SKIFF_ROLE_RNG:
     case SKIFF_ROLE_BALLOON:
         return 0;
+    case SKIFF_ROLE_VCPU_DEVICES:
+        if ((r = allow(ctx, block_calls, N(block_calls)))) return r;
+        if ((r = allow(ctx, eventfd_calls, N(eventfd_calls)))) return r;
+        return allow_ioctls(ctx, vcpu_ioctls, N(vcpu_ioctls));
     default:
         return -EINVAL;
     }

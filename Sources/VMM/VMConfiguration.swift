@@ -59,8 +59,11 @@ public struct VMConfiguration: Sendable {
         }
         if deterministic {
             guard cpus == 1 else { throw ConfigurationError("--deterministic: one vCPU only (--cpus 1)") }
-            guard !hasVirtioDevices else {
-                throw ConfigurationError("--deterministic: no virtio devices yet (disks, --rng, nets, vsock, balloon): their completions are not yet applied at the guest's exits")
+            guard nets.isEmpty, vsock == nil, balloon == nil else {
+                throw ConfigurationError("--deterministic: disks and --rng only (no --net, --vsock or --balloon yet: their host sides are not on the recorded path)")
+            }
+            if let d = disks.first(where: { $0.fillSocket != nil }) {
+                throw ConfigurationError("--deterministic: disk \(d.path) is still being restored (fill=): its arrival is not on the recorded path")
             }
             guard !trackDirtyPages else { throw ConfigurationError("--deterministic: no --track-dirty-pages (no snapshots of a deterministic machine yet)") }
         }

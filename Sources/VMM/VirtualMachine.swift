@@ -75,11 +75,39 @@ public final class VirtualMachine: @unchecked Sendable {
             try vm.createPIT()
         }
 
+        // Devices. Each sits where a PC has it.
+        var io = Bus()
+        let schedule: Determinism?
+        if config.deterministic {
+            // Skiff's PIC and PIT in place of KVM's; the CMOS clock stands
+            // still at a fixed time (2026-01-01).
+            let pic = PIC8259(), pit: PIT8254
+            serial = Serial8250(irq: pic.line(4), sink: consoleOutput)
+            pit = PIT8254(irq: pic.line(0))
+            try io.attach(pic.ports(slave: false), at: 0x20, length: 2)
+            try io.attach(pic.ports(slave: true), at: 0xa0, length: 2)
+            try io.attach(pit, at: 0x40, length: 4)
+            cmos = CMOS(clock: { 1_767_225_600 })
+            schedule = Determinism(pic: pic, pit: pit, serial: serial, memory: memory)
+        } else {
+            serial = Serial8250(irq: KVMInterruptLine(vm: vm, irq: 4), sink: consoleOutput)
+            cmos = CMOS()
+            schedule = nil
+        }
+        determinism = schedule
+        try io.attach(serial, at: 0x3f8, length: 8)
+        let stopHandle = StopHandle()
+        i8042 = I8042(onReset: { stopHandle.stop(.reset("i8042")) })
+        try io.attach(i8042, at: 0x60, length: 5)
+        try io.attach(cmos, at: 0x70, length: 2)
+        self.io = io
+
         // virtio devices: a 4 KiB MMIO window and an interrupt line each,
         // announced to Linux on its command line; assembled only when asked for.
         let announcements: [String]
         if config.hasVirtioDevices {
-            (mmio, virtio, announcements) = try Self.assembleVirtio(config, resources: resources, vm: vm, memory: memory)
+            (mmio, virtio, announcements) = try Self.assembleVirtio(config, resources: resources, vm: vm, memory: memory,
+                                                                    determinism: schedule)
         } else {
             (mmio, virtio, announcements) = (Bus(), [], [])
         }
@@ -92,30 +120,6 @@ public final class VirtualMachine: @unchecked Sendable {
                                           commandLine: commandLine, cpus: config.cpus)
         }
 
-        // Devices. Each sits where a PC has it.
-        var io = Bus()
-        if config.deterministic {
-            // Skiff's PIC and PIT in place of KVM's; the CMOS clock stands
-            // still at a fixed time (2026-01-01).
-            let pic = PIC8259(), pit: PIT8254
-            serial = Serial8250(irq: pic.line(4), sink: consoleOutput)
-            pit = PIT8254(irq: pic.line(0))
-            try io.attach(pic.ports(slave: false), at: 0x20, length: 2)
-            try io.attach(pic.ports(slave: true), at: 0xa0, length: 2)
-            try io.attach(pit, at: 0x40, length: 4)
-            cmos = CMOS(clock: { 1_767_225_600 })
-            determinism = Determinism(pic: pic, pit: pit, serial: serial, memory: memory)
-        } else {
-            serial = Serial8250(irq: KVMInterruptLine(vm: vm, irq: 4), sink: consoleOutput)
-            cmos = CMOS()
-            determinism = nil
-        }
-        try io.attach(serial, at: 0x3f8, length: 8)
-        let stopHandle = StopHandle()
-        i8042 = I8042(onReset: { stopHandle.stop(.reset("i8042")) })
-        try io.attach(i8042, at: 0x60, length: 5)
-        try io.attach(cmos, at: 0x70, length: 2)
-        self.io = io
 
         // vCPUs: CPUID and MSRs for all; the boot CPU gets the entry state,
         // the others wait for INIT/SIPI from the guest. A restored vCPU
@@ -192,7 +196,8 @@ public final class VirtualMachine: @unchecked Sendable {
         for loop in loops { loop.sampler = sampler; loop.schedule = determinism }
         var threads: [HostThread] = []
         for loop in loops {
-            threads.append(try HostThread(name: "vcpu\(loop.vcpu.id)") { loop.run() })
+            // A deterministic machine's vCPU serves its devices (Seccomp's vcpuDevices role).
+            threads.append(try HostThread(name: "vcpu\(loop.vcpu.id)" + (determinism == nil ? "" : "-devices")) { loop.run() })
         }
         running.withLock { $0 = Array(zip(loops, threads)) }
         sampler?.start(loops, threads, stopping: stopping)
@@ -234,20 +239,22 @@ extension VirtualMachine {
     /// The virtio devices the configuration asks for, each on its MMIO
     /// window with its interrupt, and the command-line words announcing them.
     static func assembleVirtio(_ config: VMConfiguration, resources: HostResources, vm: KVMVirtualMachine,
-                               memory: GuestMemory) throws -> (Bus, [MMIOTransport], [String]) {
+                               memory: GuestMemory, determinism: Determinism?) throws -> (Bus, [MMIOTransport], [String]) {
         // Queue notifications reach each device's thread through an ioeventfd
         // and interrupts leave it through an irqfd: neither needs a vCPU to
-        // come out to Skiff.
+        // come out to Skiff. A deterministic machine's instead exit, are
+        // served on the vCPU's thread there, and interrupt through its PIC.
         var mmio = Bus()
         var transports: [MMIOTransport] = []
         var devices: [(any VirtioDevice, String)] = []
         for (i, (disk, fd)) in zip(config.disks, resources.disks).enumerated() {
-            devices.append((try Block(disk, fd: fd, changeMap: resources.changeMaps[i], fill: resources.fills[i]), "virtio-blk \(disk.path) (vd\(Character(UnicodeScalar(UInt8(97 + i)))))"))
+            devices.append((try Block(disk, fd: fd, changeMap: resources.changeMaps[i], fill: resources.fills[i], inputs: determinism, diskNumber: UInt8(i)),
+                            "virtio-blk \(disk.path) (vd\(Character(UnicodeScalar(UInt8(97 + i)))))"))
         }
         for (n, tap) in zip(config.nets, resources.taps) {
             devices.append((Net(n, tap: tap.fd, interfaceName: tap.name), "virtio-net tap \(tap.name)"))
         }
-        if config.rng { devices.append((Rng(), "virtio-rng")) }
+        if config.rng { devices.append((Rng(inputs: determinism), "virtio-rng")) }
         if let b = config.balloon { devices.append((try Balloon(b), "virtio-balloon")) }
         if let v = config.vsock, let listener = resources.vsockListener {
             devices.append((try Vsock(v, listener: listener), "virtio-vsock cid \(v.cid)"))
@@ -257,9 +264,10 @@ extension VirtualMachine {
             let base = X86Layout.virtioMMIOBase + UInt64(i) * MMIOTransport.windowSize
             let gsi = X86Layout.virtioIRQs[i]
             let irq = try EventFD()
-            try vm.registerIRQFD(irq.fd, gsi: gsi)
-            let transport = try MMIOTransport(device: device, memory: memory, irq: irq, name: name)
-            for (q, notifier) in transport.notifiers.enumerated() {
+            let inline = determinism.map { InlineQueues(line: $0.pic.line(Int(gsi))) }
+            if inline == nil { try vm.registerIRQFD(irq.fd, gsi: gsi) }
+            let transport = try MMIOTransport(device: device, memory: memory, irq: irq, name: name, inline: inline)
+            for (q, notifier) in transport.notifiers.enumerated() where inline == nil {
                 try vm.registerIOEventFD(notifier.fd, mmioAddress: base + 0x50, value: UInt32(q))
             }
             try mmio.attach(transport, at: base, length: MMIOTransport.windowSize)

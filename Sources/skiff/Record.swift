@@ -2,7 +2,7 @@ import Glibc
 import Machine
 import VMM
 
-/// `skiff record DIR [run options]` and `skiff replay DIR`: a deterministic
+/// `skiff record DIR [run options]` and `skiff replay DIR [--disk PATH]...`: a deterministic
 /// run written to `DIR/events` (its machine, the inputs that entered the
 /// guest, and hashes of its state), and that run again from the log
 /// alone, every event compared (`Determinism`). A log that is cut short,
@@ -41,20 +41,27 @@ enum Recording {
         guard let dir = args.first, !dir.hasPrefix("-") else { fail("usage: skiff replay DIR", status: 2) }
         let options: RunOptions
         do { options = try RunOptions(args.dropFirst()) } catch { fail(error.description, status: 2) }
-        let allowed = ["--no-jail", "--jail-uid", "--jail-gid", "--no-seccomp", "--exit-file"]
+        let allowed = ["--disk", "--no-jail", "--jail-uid", "--jail-gid", "--no-seccomp", "--exit-file"]
         guard options.given.allSatisfy(allowed.contains) else {
             fail("skiff replay: the recording fixes the machine and its inputs; only \(allowed.joined(separator: ", ")) may be given", status: 2)
         }
         let file = dir + "/events"
-        let config: VMConfiguration
+        var config: VMConfiguration
         do {
             let (bytes, log) = try EventLog.read(file)
             let h = try RecordingHeader.decode(bytes, path: file)
             try same(h.configuration.kernelPath, "kernel", h.kernelBytes, h.kernelCRC)
             if let initrd = h.configuration.initrdPath { try same(initrd, "initrd", h.initrdBytes, h.initrdCRC) }
             config = h.configuration
+            // A disk the recording wrote to is replayed on a copy of it as it was at the start.
+            if !options.disks.isEmpty {
+                guard options.disks.count == config.disks.count else {
+                    throw ReplayError("the recording had \(config.disks.count) disk\(config.disks.count == 1 ? "" : "s"); \(options.disks.count) --disk given")
+                }
+                config.disks = options.disks
+            }
             events = log
-        } catch { fail(error.description, status: 2) }
+        } catch { fail("\(error)", status: 2) }
         launch(config, snapshot: nil, options: options)
     }
 

@@ -44,11 +44,14 @@ usage: skiff run [--config FILE] [--kernel PATH] [--initrd PATH] [--cmdline TEXT
                                    MAC, vsock CID and socket, TAP name
        skiff run --deterministic ...  a machine that runs the same each time: one
                                    vCPU, Skiff's PIC and PIT on the guest's
-                                   exits, no virtio devices yet
+                                   exits; disks and --rng served at the
+                                   guest's exits
        skiff record DIR [run options]   a deterministic run, its inputs and
                                    state hashes logged in DIR/events
-       skiff replay DIR            runs it again from the log alone, checking
+       skiff replay DIR [--disk PATH]...
+                                   runs it again from the log alone, checking
                                    every event; exit 1 at the first difference
+                                   (--disk: copies of the disks as they were)
        skiff pause|resume|status SOCKET
        skiff snapshot SOCKET DIR [--diff]
                                    through a VM's control socket

@@ -4,9 +4,10 @@ import XCTest
 
 /// `skiff record` and `skiff replay` on the replay probe (probes/replay.c:
 /// PIT and UART interrupts at CPL3, spin loops that make no exits, input
-/// typed while it records): a recording replays with the same console
-/// output and the same state hashes, again and again with the host busy;
-/// a changed input is found at its event; bad logs are refused.
+/// typed while it records, virtio-blk and virtio-rng): a recording replays
+/// with the same console output and the same state hashes, again and
+/// again with the host busy; a changed input or disk is found at its
+/// event; bad logs are refused.
 final class ReplayTests: XCTestCase {
     func directory(_ name: String) -> String {
         let d = NSTemporaryDirectory() + "/skiff-replay-\(getpid())-\(name)"
@@ -14,9 +15,28 @@ final class ReplayTests: XCTestCase {
         return d
     }
 
-    /// Records the probe, typing `input` once it is READY; its stdout.
-    func record(_ dir: String, input: String = "hello q") throws -> String {
-        let s = try Session(Harness.skiff, ["record", dir, "--kernel", Harness.probe("replay"), "--memory", "16"])
+    /// A 1 MiB disk of random bytes: the one every run starts from.
+    func pristineDisk(_ dir: String) throws -> String {
+        let path = dir + ".disk"
+        var bytes = [UInt8](repeating: 0, count: 1 << 20)
+        for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: (i &* 2654435761) >> 13) }
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    /// A fresh copy of the pristine disk.
+    func copy(_ pristine: String, _ n: Int) throws -> String {
+        let path = pristine + ".\(n)"
+        try? FileManager.default.removeItem(atPath: path)
+        try FileManager.default.copyItem(atPath: pristine, toPath: path)
+        return path
+    }
+
+    /// Records the probe (with a disk and virtio-rng when `disk` is given),
+    /// typing `input` once it is READY; its stdout.
+    func record(_ dir: String, input: String = "hello q", disk: String? = nil) throws -> String {
+        let devices = disk.map { ["--disk", $0, "--rng"] } ?? []
+        let s = try Session(Harness.skiff, ["record", dir, "--kernel", Harness.probe("replay"), "--memory", "16"] + devices)
         XCTAssertTrue(s.waitFor("READY", timeout: 60), s.stdout + s.stderr)
         // Typed in two goes, a while apart: where each lands is the recording's to keep.
         s.send(String(input.prefix(3)))
@@ -38,22 +58,56 @@ final class ReplayTests: XCTestCase {
         return (value("irq0"), value("irq4"))
     }
 
+    /// Timer and UART interrupts, spin loops, console input typed in two
+    /// goes, a disk read, written and read back, entropy: 20 replays, each
+    /// on a fresh copy of the disk, print the same and end with the same
+    /// state and the same disk.
     func testRecordOnceReplayTwentyTimesWithTheHostBusy() throws {
         let dir = directory("twenty")
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let recorded = try record(dir)
+        let pristine = try pristineDisk(dir)
+        defer { for p in [dir, pristine, pristine + ".0"] + (1...20).map({ pristine + ".\($0)" }) { try? FileManager.default.removeItem(atPath: p) } }
+        let recordedDisk = try copy(pristine, 0)
+        let recorded = try record(dir, disk: recordedDisk)
         let (irq0, irq4) = counts(recorded)
         XCTAssertGreaterThan(irq0, 10, "the timer ticked: \(recorded)")
         XCTAssertGreaterThan(irq4, 0, "input came by interrupt: \(recorded)")
+        XCTAssertTrue(recorded.contains("blk read=0 write=0 readback=0") && recorded.contains("rng 64 "), recorded)
+        let (_, events) = try EventLog.read(dir + "/events")
+        XCTAssertTrue(events.contains { if case .entropy = $0 { return true } else { return false } }, "entropy is in the log")
+        XCTAssertEqual(events.filter { if case .block = $0 { return true } else { return false } }.count, 3, "three disk requests checked")
         // Other load on the host meanwhile: two busy processes.
         let burners = try (0..<2).map { _ in try Session("/bin/sh", ["-c", "while :; do :; done"]) }
         defer { for b in burners { kill(b.pid, SIGKILL); _ = b.wait(timeout: 5) } }
-        for i in 0..<20 {
-            let r = try Harness.skiff(["replay", dir], timeout: 120)
+        for i in 1...20 {
+            let disk = try copy(pristine, i)
+            let r = try Harness.skiff(["replay", dir, "--disk", disk], timeout: 120)
             XCTAssertEqual(r.status, 0, "replay \(i): \(r.stderr)")
             XCTAssertEqual(r.stdout, recorded, "replay \(i) printed what the recording printed")
             XCTAssertTrue(r.stderr.contains("replay matched all"), "replay \(i): \(r.stderr)")
+            XCTAssertEqual(FileManager.default.contents(atPath: disk), FileManager.default.contents(atPath: recordedDisk), "replay \(i)'s disk")
+            try? FileManager.default.removeItem(atPath: disk)
         }
+    }
+
+    /// A disk changed between record and replay: the replay stops at the
+    /// read of the changed sector, saying its data differs.
+    func testChangedDiskStopsAtItsRead() throws {
+        let dir = directory("disk")
+        let pristine = try pristineDisk(dir)
+        defer { for p in [dir, pristine, pristine + ".0", pristine + ".1"] { try? FileManager.default.removeItem(atPath: p) } }
+        _ = try record(dir, input: "q", disk: try copy(pristine, 0))
+        let changed = try copy(pristine, 1)
+        let fd = open(changed, O_WRONLY)
+        var b: UInt8 = 0x5a
+        XCTAssertEqual(pwrite(fd, &b, 1, 3 * 512 + 7), 1)
+        close(fd)
+        let r = try Harness.skiff(["replay", dir, "--disk", changed], timeout: 60)
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertEqual(r.stderrLines.count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("virtio-blk read of disk 0, sector 0, 4096 bytes") && r.stderr.contains("data crc"), r.stderr)
+        XCTAssertFalse(r.stdout.contains("blk read="), "it stopped at the read, before the guest printed it")
+        // And a wrong number of disks is refused before the guest runs.
+        XCTAssertEqual(try Harness.skiff(["replay", dir, "--disk", changed, "--disk", changed], timeout: 60).status, 2)
     }
 
     /// One input byte changed (the log rewritten with its checksums made

@@ -16,6 +16,7 @@ enum skiff_thread_role {
     SKIFF_ROLE_VSOCK,         // virtio-vsock worker
     SKIFF_ROLE_RNG,           // virtio-rng worker
     SKIFF_ROLE_BALLOON,       // virtio-balloon worker
+    SKIFF_ROLE_VCPU_DEVICES,  // a deterministic machine's vCPU: it serves virtio-blk and -rng itself
     SKIFF_ROLE_COUNT
 };
 

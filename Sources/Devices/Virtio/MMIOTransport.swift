@@ -39,10 +39,14 @@ public final class MMIOTransport: BusDevice {
     /// fuzz targets that wait for it.
     public var isActivated: Bool { context != nil }
 
-    public init(device: any VirtioDevice, memory: GuestMemory, irq: EventFD, name: String) throws {
+    /// A deterministic machine's queue service and interrupt line (nil: a device thread and the irqfd).
+    let inline: InlineQueues?
+
+    public init(device: any VirtioDevice, memory: GuestMemory, irq: EventFD, name: String, inline: InlineQueues? = nil) throws {
         self.device = device
         self.memory = memory
-        signals = VirtioSignals(irq: irq, name: name)
+        self.inline = inline
+        signals = VirtioSignals(irq: irq, line: inline?.line, name: name)
         notifiers = try device.queueSizes.map { _ in try EventFD() }
         state = Mutex(Registers(queues: device.queueSizes.map { _ in QueueConfiguration() }))
     }
@@ -86,7 +90,8 @@ public final class MMIOTransport: BusDevice {
         guard data.count == 4, offset % 4 == 0 else { return }
         let v = data.loadUnaligned(as: UInt32.self)
         if offset == 0x050 { // QueueNotify, when it was not caught by an ioeventfd
-            if Int(v) < notifiers.count { notifiers[Int(v)].signal() }
+            if let inline { inline.notify(Int(v), signals) }
+            else if Int(v) < notifiers.count { notifiers[Int(v)].signal() }
             return
         }
         if offset == 0x064 { // InterruptACK
@@ -164,8 +169,9 @@ public final class MMIOTransport: BusDevice {
                                             eventIndex: r.driverFeatures & VirtioFeature.eventIndex != 0,
                                             indirect: r.driverFeatures & VirtioFeature.indirectDescriptors != 0))
             }
-            let context = VirtioContext(memory: memory, queues: queues, notifiers: notifiers,
+            var context = VirtioContext(memory: memory, queues: queues, notifiers: notifiers,
                                         signals: signals, features: r.driverFeatures)
+            context.inline = inline
             activeContext.withLock { $0 = context }
             try device.activate(context)
         } catch {

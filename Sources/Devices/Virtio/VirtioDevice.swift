@@ -65,16 +65,23 @@ public final class VirtioSignals: Sendable {
     let interruptStatus = Atomic<UInt32>(0)
     let needsReset = Atomic<Bool>(false)
     let irq: EventFD
+    /// A deterministic machine's PIC line, in place of the irqfd.
+    let line: (any InterruptLine)?
     let name: String
 
-    init(irq: EventFD, name: String) {
+    init(irq: EventFD, line: (any InterruptLine)? = nil, name: String) {
         self.irq = irq
+        self.line = line
         self.name = name
+    }
+
+    func raise() {
+        if let line { line.pulse() } else { irq.signal() }
     }
 
     public func usedBuffers() {
         interruptStatus.bitwiseOr(Self.usedBuffer, ordering: .sequentiallyConsistent)
-        irq.signal()
+        raise()
     }
 
     /// The driver broke the rules: DEVICE_NEEDS_RESET and a config-change
@@ -85,7 +92,7 @@ public final class VirtioSignals: Sendable {
             _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
         }
         interruptStatus.bitwiseOr(Self.configChange, ordering: .sequentiallyConsistent)
-        irq.signal()
+        raise()
     }
 }
 
@@ -99,6 +106,8 @@ public struct VirtioContext: Sendable {
     public let notifiers: [EventFD]
     public let signals: VirtioSignals
     public let features: UInt64
+    /// A deterministic machine's: queues served at the notify exit, no thread.
+    public var inline: InlineQueues? = nil
 }
 
 extension VirtQueue {
@@ -132,6 +141,7 @@ public final class WorkerSlot: Sendable {
 public final class QueueWorker: @unchecked Sendable {
     private let stop: EventFD
     private var thread: HostThread?
+    private var inline: InlineQueues?
 
     /// With `pollQueue`, after serving a burst the thread keeps watching that
     /// queue's available ring for `pollNanoseconds` before it sleeps again:
@@ -142,6 +152,16 @@ public final class QueueWorker: @unchecked Sendable {
                 handle: @escaping @Sendable (_ queue: Int, _ readyFD: Int32?) throws(QueueError) -> Void) throws {
         let stop = try EventFD()
         self.stop = stop
+        if let inline = context.inline {
+            // No thread: the notify exit serves the queue (InlineQueues).
+            inline.broken = false
+            inline.handle = { q throws(QueueError) in
+                guard q < context.queues.count else { return }
+                try handle(q, nil)
+            }
+            self.inline = inline
+            return
+        }
         let notifierFDs = context.notifiers.map(\.fd)
         thread = try HostThread(name: name) {
             var broken = false
@@ -197,6 +217,7 @@ public final class QueueWorker: @unchecked Sendable {
 
     /// Stops the thread and waits for it.
     public func shutdown() {
+        if let inline { inline.handle = nil; self.inline = nil }
         stop.signal()
         thread?.join()
         thread = nil

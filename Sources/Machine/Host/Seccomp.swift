@@ -7,6 +7,8 @@ import Glibc
 public enum Seccomp {
     public enum Role: Int32, Sendable {
         case main = 0, vcpu, control, console, spawner, block, net, vsock, rng, balloon
+        /// A deterministic machine's vCPU, which serves its disks and entropy at its exits.
+        case vcpuDevices
     }
 
     nonisolated(unsafe) private(set) static var enabled = false
@@ -35,7 +37,7 @@ public enum Seccomp {
     static func role(forThread name: String) -> Role? {
         guard enabled else { return nil }
         let u = name.utf8
-        if u.starts(with: "vcpu".utf8) { return .vcpu }
+        if u.starts(with: "vcpu".utf8) { return name.hasSuffix("-devices") ? .vcpuDevices : .vcpu }
         switch name {
         case "control": return .control
         case "console": return .console
@@ -72,7 +74,7 @@ extension Seccomp.Role {
     public init?(named text: String) {
         let names: [String: Seccomp.Role] = ["main": .main, "vcpu": .vcpu, "control": .control, "console": .console,
                                              "spawner": .spawner, "virtio-blk": .block, "virtio-net": .net,
-                                             "virtio-vsock": .vsock, "virtio-rng": .rng, "virtio-balloon": .balloon]
+                                             "virtio-vsock": .vsock, "virtio-rng": .rng, "virtio-balloon": .balloon, "vcpu-devices": .vcpuDevices]
         guard let role = names[text] else { return nil }
         self = role
     }

@@ -21,10 +21,12 @@ import Machine
 /// Recording writes these events; replay reads them, gives the inputs at
 /// their exits and compares everything else as it happens, stopping at
 /// the first difference with the event, what differed and the vCPU's RIP.
-/// Not yet here: virtio devices (their completions must be applied at
-/// exits too), landing an input where the guest makes no exits (it waits
-/// for the next one), and starting from a snapshot.
-final class Determinism: ExitSchedule, @unchecked Sendable {
+/// virtio-blk and virtio-rng are served at the guest's QueueNotify exit on
+/// the vCPU's thread (InlineQueues): entropy is an input of the log, and
+/// each disk request is checked by the CRC of its data. Not yet here:
+/// virtio-net and vsock, landing an input where the guest makes no exits
+/// (it waits for the next one), and starting from a snapshot.
+final class Determinism: ExitSchedule, GuestInputs, @unchecked Sendable {
     enum Mode {
         /// `skiff run --deterministic`: input at exits, nothing logged.
         case free
@@ -65,6 +67,11 @@ final class Determinism: ExitSchedule, @unchecked Sendable {
         // A kick (stop, pause, a report) is the host's, not the guest's.
         if reason == CKVM_EXIT_INTR { return nil }
         exits += 1
+        switch pending {
+        case .failed(let why)?: pending = nil; return .recordingFailed(why)
+        case .differs(let what)?: pending = nil; return diverged(vcpu, what)
+        case nil: break
+        }
         if let missed = overdue(vcpu) { return missed }
         // A stop asked for during this exit (the guest's reset, or the
         // host's) ends the run here, not some exits later when the main
@@ -149,20 +156,69 @@ final class Determinism: ExitSchedule, @unchecked Sendable {
 
     /// Record: appends. Replay: the log's next event must be this one.
     private func produce(_ event: ReplayEvent, _ vcpu: KVMVcpu) -> StopReason? {
+        switch take(event) {
+        case nil: return nil
+        case .failed(let why)?: return .recordingFailed(why)
+        case .differs(let what)?: return diverged(vcpu, what)
+        }
+    }
+
+    enum Problem { case failed(String), differs(String) }
+
+    private func take(_ event: ReplayEvent) -> Problem? {
         switch mode {
         case .free: return nil
         case .record(let writer):
-            do { try writer.append(event) } catch { return .recordingFailed("\(error)") }
+            do { try writer.append(event) } catch { return .failed("\(error)") }
             return nil
         case .replay(let log):
-            guard cursor < log.count else { return diverged(vcpu, "the replay went on past its recording's end: \(event.summary)") }
+            guard cursor < log.count else { return .differs("the replay went on past its recording's end: \(event.summary)") }
             let want = log[cursor]
-            guard want == event else {
-                return diverged(vcpu, "event \(cursor + 1): the recording has \(want.summary), the replay \(event.summary)")
-            }
+            guard want == event else { return .differs("event \(cursor + 1): the recording has \(want.summary), the replay \(event.summary)") }
             cursor += 1
             return nil
         }
+    }
+
+    // MARK: what devices give the guest (GuestInputs), while an exit is dispatched
+
+    /// The exit being dispatched (afterExit counts it once it is done).
+    private var dispatching: UInt64 { exits &+ 1 }
+    /// What went wrong inside a device's work: the run stops at the end of this exit.
+    private var pending: Problem?
+
+    private func note(_ event: ReplayEvent) {
+        guard pending == nil else { return }
+        pending = take(event)
+    }
+
+    func entropy(into p: UnsafeMutableRawPointer, count: Int) -> Int {
+        if case .replay(let log) = mode {
+            guard pending == nil, cursor < log.count, case .entropy(let e, let bytes) = log[cursor], e == dispatching, bytes.count == count else {
+                let asked = ReplayEvent.entropy(exit: dispatching, bytes: [UInt8](repeating: 0, count: count))
+                if pending == nil {
+                    pending = .differs(cursor < log.count ? "event \(cursor + 1): the recording has \(log[cursor].summary), the replay \(asked.summary)"
+                                                          : "the replay went on past its recording's end: \(asked.summary)")
+                }
+                memset(p, 0, count)
+                return count
+            }
+            bytes.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: count) }
+            cursor += 1
+            return count
+        }
+        var done = 0
+        while done < count {
+            let r = getrandom(p + done, count - done, 0)
+            if r < 0 { if errno == EINTR { continue }; break }
+            done += r
+        }
+        if case .record = mode { note(.entropy(exit: dispatching, bytes: Array(UnsafeRawBufferPointer(start: p, count: done)))) }
+        return done
+    }
+
+    func diskIO(disk: UInt8, write: Bool, sector: UInt64, length: UInt64, crc: UInt32) {
+        note(.block(exit: dispatching, write: write, disk: disk, sector: sector, length: UInt32(truncatingIfNeeded: length), data: crc))
     }
 
     /// The first difference: kept, and the run ends with it (no end record is compared after).

@@ -71,8 +71,15 @@ public final class Block: VirtioDevice {
     /// tracked in `changeMap` if one is given, its chunks waited for
     /// through `fill` (a flags file and the filler's socket) if it is still
     /// being restored.
-    public init(_ options: Options, fd: Int32, changeMap: ChangedBlockMapFile? = nil, fill: (flags: Int32, socket: Int32)? = nil) throws(BlockError) {
+    /// A deterministic machine's check of each request's data, and this disk's number there.
+    let inputs: (any GuestInputs)?
+    let diskNumber: UInt8
+
+    public init(_ options: Options, fd: Int32, changeMap: ChangedBlockMapFile? = nil, fill: (flags: Int32, socket: Int32)? = nil,
+                inputs: (any GuestInputs)? = nil, diskNumber: UInt8 = 0) throws(BlockError) {
         self.options = options
+        self.inputs = inputs
+        self.diskNumber = diskNumber
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG || st.st_mode & S_IFMT == S_IFBLK else {
             close(fd)
@@ -144,7 +151,7 @@ public final class Block: VirtioDevice {
 
     public func activate(_ context: VirtioContext) throws {
         let queue = context.queues[0]
-        worker.set(try QueueWorker(name: "virtio-blk", context: context, pollQueue: 0) { [self] _, _ throws(QueueError) in
+        worker.set(try QueueWorker(name: "virtio-blk", context: context, pollQueue: context.inline == nil ? 0 : nil) { [self] _, _ throws(QueueError) in
             try queue.drain(context.signals) { serve($0, memory: context.memory) }
         })
     }
@@ -183,6 +190,7 @@ public final class Block: VirtioDevice {
                 position += off_t(n)
             }
             if ok { written = r.dataLength; counters.read(r.dataLength) }
+            if ok, let inputs { inputs.diskIO(disk: diskNumber, write: false, sector: r.sector, length: r.dataLength, crc: Self.crc(writable, 0, r.dataLength)) }
             return ok ? .ok : .ioError
         case .write:
             guard !options.readOnly else { return .ioError }
@@ -199,6 +207,9 @@ public final class Block: VirtioDevice {
                 return ok
             }
             if ok { counters.wrote(r.dataLength) }
+            if ok, let inputs {
+                inputs.diskIO(disk: diskNumber, write: true, sector: r.sector, length: r.dataLength, crc: Self.crc(readable, BlockRequest.headerSize, r.dataLength))
+            }
             return ok ? .ok : .ioError
         case .flush:
             return fdatasync(fd) == 0 ? .ok : .ioError
@@ -228,6 +239,13 @@ public final class Block: VirtioDevice {
             }
             return ok ? .ok : .ioError
         }
+    }
+
+    /// The CRC-32C of `count` bytes of a chain from `offset` (a deterministic machine's check).
+    static func crc(_ io: ChainIO, _ offset: UInt64, _ count: UInt64) -> UInt32 {
+        var crc: UInt32 = 0
+        io.visit(offset: offset, count: count) { p, n in crc = ckvm_crc32c(crc, p, n) }
+        return crc
     }
 
     /// The range is all there (a disk still being restored waits for it).

@@ -11,19 +11,22 @@ public final class Rng: VirtioDevice {
     public let queueSizes: [UInt16] = [256]
     static let maxPerRequest = 1 << 16
     private let worker = WorkerSlot()
+    /// A deterministic machine's entropy (recorded, or replayed), in place of getrandom(2).
+    let inputs: (any GuestInputs)?
 
-    public init() {}
+    public init(inputs: (any GuestInputs)? = nil) { self.inputs = inputs }
 
     public func readConfig(offset: Int, into data: UnsafeMutableRawBufferPointer) { for i in data.indices { data[i] = 0 } }
     public func writeConfig(offset: Int, data: UnsafeRawBufferPointer) {}
 
     public func activate(_ context: VirtioContext) throws {
-        let queue = context.queues[0]
+        let queue = context.queues[0], inputs = self.inputs
         worker.set(try QueueWorker(name: "virtio-rng", context: context) { _, _ throws(QueueError) in
             try queue.drain(context.signals) { chain in
                 let io = ChainIO(memory: context.memory, buffers: chain.writable)
                 var written = 0
                 io.visit(offset: 0, count: min(io.length, UInt64(Self.maxPerRequest))) { p, n in
+                    if let inputs { written += inputs.entropy(into: p, count: n); return }
                     var done = 0
                     while done < n {
                         let r = getrandom(p + done, n - done, 0)
