@@ -78,6 +78,7 @@ public final class VirtualMachine: @unchecked Sendable {
         // Devices. Each sits where a PC has it.
         var io = Bus()
         let schedule: Determinism?
+        var portB: (any BusDevice)?
         if config.deterministic {
             // Skiff's PIC and PIT in place of KVM's; the CMOS clock stands
             // still at a fixed time (2026-01-01).
@@ -87,6 +88,7 @@ public final class VirtualMachine: @unchecked Sendable {
             try io.attach(pic.ports(slave: false), at: 0x20, length: 2)
             try io.attach(pic.ports(slave: true), at: 0xa0, length: 2)
             try io.attach(pit, at: 0x40, length: 4)
+            portB = pit.portB
             cmos = CMOS(clock: { 1_767_225_600 })
             schedule = Determinism(pic: pic, pit: pit, serial: serial, memory: memory)
         } else {
@@ -97,7 +99,7 @@ public final class VirtualMachine: @unchecked Sendable {
         determinism = schedule
         try io.attach(serial, at: 0x3f8, length: 8)
         let stopHandle = StopHandle()
-        i8042 = I8042(onReset: { stopHandle.stop(.reset("i8042")) })
+        i8042 = I8042(portB: portB, onReset: { stopHandle.stop(.reset("i8042")) })
         try io.attach(i8042, at: 0x60, length: 5)
         try io.attach(cmos, at: 0x70, length: 2)
         self.io = io
@@ -115,7 +117,25 @@ public final class VirtualMachine: @unchecked Sendable {
         let template = config.cpuTemplate ?? CPUTemplate.automatic()
         var boot: BootSetup?
         if let kernel {
-            let commandLine = ([config.commandLine, template.linuxCommandLine] + announcements).filter { !$0.isEmpty }.joined(separator: " ")
+            var templateWords = template.linuxCommandLine
+            var deterministic = ""
+            if config.deterministic {
+                // Linux on a deterministic machine: the PIC and PIT only, time
+                // in jiffies, no delay calibration (a loop waiting for a tick
+                // that only exits would bring), and no TSC, RDRAND or RDSEED
+                // (cleared from CPUID by the kernel itself, features 4, 158
+                // and 306: on PVM hosts guest kernel mode sees the host's
+                // CPUID; Linux reads one clearcpuid only).
+                deterministic = "nolapic noapic notsc clocksource=jiffies lpj=1000000"
+                let cleared = "4,158,306"
+                let words = templateWords.split(separator: " ").map(String.init)
+                if let i = words.firstIndex(where: { $0.hasPrefix("clearcpuid=") }) {
+                    templateWords = (words[..<i] + [words[i] + "," + cleared] + words[(i + 1)...]).joined(separator: " ")
+                } else {
+                    deterministic += " clearcpuid=" + cleared
+                }
+            }
+            let commandLine = ([config.commandLine, templateWords, deterministic] + announcements).filter { !$0.isEmpty }.joined(separator: " ")
             boot = try BootSetup.prepare(memory: memory, kernel: kernel, initrd: initrd,
                                           commandLine: commandLine, cpus: config.cpus)
         }

@@ -12,11 +12,18 @@ public final class I8042: BusDevice {
     struct Registers { var config: UInt8 = 0; var pending: UInt8?; var expectConfig = false }
     let state = Mutex(Registers())
     private let onReset: @Sendable () -> Void
+    /// Port 0x61 (system control port B), between the data and command
+    /// ports: KVM's PIT takes it; a deterministic machine's PIT here.
+    private let portB: (any BusDevice)?
 
-    public init(onReset: @escaping @Sendable () -> Void) { self.onReset = onReset }
+    public init(portB: (any BusDevice)? = nil, onReset: @escaping @Sendable () -> Void) {
+        self.portB = portB
+        self.onReset = onReset
+    }
 
     public func read(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
         guard data.count >= 1 else { return }
+        if offset == 1, let portB { portB.read(offset: 0, into: data); return }
         data[0] = state.withLock { s in
             if offset == Self.commandPort { return s.pending == nil ? 0 : 1 } // status: output buffer full?
             defer { s.pending = nil }
@@ -26,6 +33,7 @@ public final class I8042: BusDevice {
 
     public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
         guard data.count >= 1 else { return }
+        if offset == 1, let portB { portB.write(offset: 0, data: data); return }
         let v = data[0]
         let reset = state.withLock { s -> Bool in
             if offset == Self.commandPort {

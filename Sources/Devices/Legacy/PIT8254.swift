@@ -5,8 +5,11 @@ import Synchronization
 /// machine on a clock the VMM advances (`advance(to:)`, in the PIT's ticks
 /// of 1/1193182 s) with the guest's own exits, not the host's time: the
 /// same run sees the same counts and the same interrupts. Channel 0 drives
-/// IRQ 0 in modes 0 (one shot), 2 and 3 (periodic); channels 1 and 2 keep
-/// their counts and never interrupt. Read-back and BCD are not emulated.
+/// IRQ 0 in modes 0 (one shot), 2 and 3 (periodic). Channels 1 and 2
+/// have always run out (they read 0, and port 0x61, `portB`, says OUT2 is
+/// high): Linux's calibrations of the TSC against them then fail at once,
+/// the same way every run, and it never uses the TSC (which the guest
+/// reads from the host, outside any log). Read-back and BCD are not emulated.
 public final class PIT8254: BusDevice {
     public static let hz: UInt64 = 1_193_182
 
@@ -66,12 +69,28 @@ public final class PIT8254: BusDevice {
         }
     }
 
+    /// Port 0x61: the gate and speaker bits as written, OUT2 (bit 5) high.
+    public let portB = PortB()
+
+    public final class PortB: BusDevice {
+        let bits = Mutex<UInt8>(0)
+        public func read(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
+            guard data.count >= 1 else { return }
+            data[0] = bits.withLock { $0 & 0x03 } | 0x20
+            for i in data.indices.dropFirst() { data[i] = 0 }
+        }
+        public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
+            guard data.count >= 1 else { return }
+            bits.withLock { $0 = data[0] }
+        }
+    }
+
     public func read(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
         guard data.count >= 1 else { return }
         data[0] = state.withLock { s -> UInt8 in
             guard offset < 3 else { return 0xff }
             var c = s.channels[Int(offset)]
-            let value = c.latched ?? c.count(at: s.now)
+            let value = c.latched ?? (offset == 0 ? c.count(at: s.now) : 0)
             let byte: UInt8
             switch c.access {
             case 1: byte = UInt8(value & 0xff); c.latched = nil
@@ -95,7 +114,7 @@ public final class PIT8254: BusDevice {
                 let n = Int(v >> 6)
                 guard n < 3 else { return } // read-back: not emulated
                 let access = (v >> 4) & 3
-                if access == 0 { s.channels[n].latched = s.channels[n].count(at: s.now); return }
+                if access == 0 { s.channels[n].latched = n == 0 ? s.channels[n].count(at: s.now) : 0; return }
                 var mode = (v >> 1) & 7
                 if mode > 5 { mode -= 4 } // 6 and 7 are 2 and 3
                 s.channels[n] = Channel(mode: mode, access: access)

@@ -77,7 +77,7 @@ public enum CPUTemplate: String, CaseIterable, Sendable {
 
     /// A deterministic machine's CPUID (on top of a template's): nothing
     /// that gives the guest a value or a time from outside its exits. No
-    /// RDRAND or RDSEED, no invariant TSC, no TSC deadline, no local APIC
+    /// RDRAND or RDSEED, no TSC, no TSC deadline, no local APIC
     /// (the machine has only a PIC), and no KVM leaves (no kvmclock). On
     /// PVM hosts guest user mode still sees the host's CPUID and runs RDTSC
     /// and RDRAND natively: what a replay there cannot make the same.
@@ -87,7 +87,7 @@ public enum CPUTemplate: String, CaseIterable, Sendable {
             switch e.function {
             case 1:
                 e.ecx &= ~(1 << 30 | 1 << 24 | 1 << 21) // RDRAND, TSC deadline, x2APIC
-                e.edx &= ~(1 << 9) // APIC
+                e.edx &= ~(1 << 9 | 1 << 4) // APIC, TSC (Skiff's kernel then never reads it: kernel/patches/0002)
             case 7 where e.index == 0:
                 e.ebx &= ~(1 << 18) // RDSEED
             case 0x8000_0007:

@@ -107,6 +107,8 @@ public final class VcpuLoop: @unchecked Sendable {
         case CKVM_EXIT_INTR, CKVM_EXIT_IRQ_WINDOW_OPEN:
             break
         case CKVM_EXIT_HLT:
+            // A deterministic machine's guest waits for its next interrupt (ExitSchedule).
+            if schedule != nil { return nil }
             return .powerOff
         case CKVM_EXIT_SHUTDOWN:
             return .tripleFault(vcpu: vcpu.id)

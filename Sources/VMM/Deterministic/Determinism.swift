@@ -66,6 +66,7 @@ final class Determinism: ExitSchedule, GuestInputs, @unchecked Sendable {
     func afterExit(_ vcpu: KVMVcpu, reason: UInt32) -> StopReason? {
         // A kick (stop, pause, a report) is the host's, not the guest's.
         if reason == CKVM_EXIT_INTR { return nil }
+        if reason == CKVM_EXIT_HLT, let r = halt(vcpu) { return r }
         exits += 1
         switch pending {
         case .failed(let why)?: pending = nil; return .recordingFailed(why)
@@ -77,7 +78,7 @@ final class Determinism: ExitSchedule, GuestInputs, @unchecked Sendable {
         // host's) ends the run here, not some exits later when the main
         // thread gets to it: the end is at the same exit every time.
         if let stop = pendingStop() { return end(vcpu, reason: stop.description) ?? stop }
-        pit.advance(to: exits &* Self.ticksPerExit)
+        pit.advance(to: now)
         if let r = takeInputs(vcpu) { return r }
         if let r = interrupt(vcpu) { return r }
         if exits % checkpointEvery == 0 {
@@ -109,6 +110,41 @@ final class Determinism: ExitSchedule, GuestInputs, @unchecked Sendable {
         let r = produce(.end(exit: exits, vcpu: Self.vcpuCRC(vcpu), memory: memoryCRC(), reason: reason), vcpu)
         if case .replay = mode, r == nil { matched = true }
         return r
+    }
+
+    // MARK: time
+
+    /// PIT ticks skipped while the guest was halted.
+    private var skipped: UInt64 = 0
+    /// The machine's clock, in PIT ticks: its exits, and the waits it halted through.
+    var now: UInt64 { exits &* Self.ticksPerExit &+ skipped }
+
+    /// The guest halted, waiting for an interrupt. Its time skips to the
+    /// PIT's next deadline, unless input comes first: a recording waits for
+    /// that deadline in real time (so typing reaches an idle guest, at an
+    /// exit the log names), a replay knows from its log. Halted with
+    /// interrupts off, it never wakes: a power-off, as without a schedule.
+    private func halt(_ vcpu: KVMVcpu) -> StopReason? {
+        guard vcpu.run.pointee.if_flag != 0 else { return .powerOff }
+        guard pic.pendingVector == nil, let deadline = pit.nextDeadline, deadline > now else { return nil }
+        var inputFirst = false
+        switch mode {
+        case .replay(let log):
+            if cursor < log.count, case .consoleInput(let e, _) = log[cursor], e == exits &+ 1 { inputFirst = true }
+        case .free, .record:
+            var wait = timespec(), start = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &start)
+            let nanoseconds = Int((deadline - now) * 1_000_000_000 / PIT8254.hz)
+            while input.receiveSpace == Serial8250.rxCapacity, pendingStop() == nil {
+                clock_gettime(CLOCK_MONOTONIC, &wait)
+                let waited = (wait.tv_sec - start.tv_sec) * 1_000_000_000 + (wait.tv_nsec - start.tv_nsec)
+                if waited >= nanoseconds { break }
+                usleep(UInt32(min(1000, max(1, (nanoseconds - waited) / 1000))))
+            }
+            inputFirst = input.receiveSpace < Serial8250.rxCapacity
+        }
+        if !inputFirst { skipped &+= deadline - now }
+        return nil
     }
 
     // MARK: inputs
