@@ -244,6 +244,12 @@ public final class VirtualMachine: @unchecked Sendable {
         _ = try? transition(.stop) // a stop the guest asked for passes here too
         stopping.set()
         pauseGate.release()
+        // A deterministic machine's vCPU is let reach its next exit (up to
+        // 2 s) and end there: a kick would stop it at a point no replay can
+        // find again, after guest code that made no exit.
+        if determinism != nil {
+            for _ in 0..<2000 where !loops.allSatisfy(\.hasEnded) { usleep(1000) }
+        }
         for (loop, thread) in zip(loops, threads) { loop.kick(thread) }
         for thread in threads { thread.join() }
         running.withLock { $0 = [] }

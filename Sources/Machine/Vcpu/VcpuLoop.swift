@@ -31,6 +31,9 @@ public final class VcpuLoop: @unchecked Sendable {
     public var sampler: GuestSampler?
     /// A deterministic machine's timing, inputs and checks (nil: KVM's irqchip does it).
     public var schedule: ExitSchedule?
+    private let ended = Atomic<Bool>(false)
+    /// The loop has returned (its thread is about to end).
+    public var hasEnded: Bool { ended.load(ordering: .acquiring) }
 
     public init(vcpu: KVMVcpu, io: Bus, mmio: Bus, stopping: StopFlag, pauseGate: PauseGate,
                 completion: InstructionCompletion? = nil, onStop: @escaping @Sendable (StopReason) -> Void) {
@@ -44,6 +47,7 @@ public final class VcpuLoop: @unchecked Sendable {
     }
 
     public func run() {
+        defer { ended.store(true, ordering: .releasing) }
         _ = ckvm_thread_block_signal(SIGUSR1, 0)
         // A VM that starts paused: park before the first entry (nothing
         // is pending yet, so no KVM_RUN is needed to complete an exit).

@@ -78,6 +78,9 @@ final class Determinism: ExitSchedule, GuestInputs, @unchecked Sendable {
         // host's) ends the run here, not some exits later when the main
         // thread gets to it: the end is at the same exit every time.
         if let stop = pendingStop() { return end(vcpu, reason: stop.description) ?? stop }
+        // A recording the host stopped while an exit was dispatched (a
+        // signal, a request: any stop but the guest's and a kick's) ended here.
+        if let r = recordedEnd(vcpu, kicked: false) { return r }
         pit.advance(to: now)
         if let r = takeInputs(vcpu) { return r }
         if let r = interrupt(vcpu) { return r }
@@ -85,17 +88,25 @@ final class Determinism: ExitSchedule, GuestInputs, @unchecked Sendable {
             checkpoints += 1
             if let r = produce(.checkpoint(exit: exits, vcpu: Self.vcpuCRC(vcpu), memory: memoryCRC()), vcpu) { return r }
         }
-        // A recording stopped from the host ends at its last exit.
-        if case .replay(let log) = mode, cursor < log.count, case .end(let e, _, _, let why) = log[cursor], e == exits {
-            return end(vcpu, reason: why) ?? .replayEnded
-        }
+        // A recording the host stopped with a kick (no exit dispatched) ended after this exit, whole.
+        if let r = recordedEnd(vcpu, kicked: true) { return r }
         return nil
+    }
+
+    /// Replay: the recording ended at this exit, stopped by the host (a
+    /// stop the guest made comes again by itself). A stop seen while an
+    /// exit was dispatched ended it before the exit's work, a kick after.
+    private func recordedEnd(_ vcpu: KVMVcpu, kicked: Bool) -> StopReason? {
+        guard case .replay(let log) = mode, cursor < log.count, case .end(let e, _, _, let why) = log[cursor], e == exits,
+              why.hasPrefix("stopped"), (why == Self.hostStop) == kicked else { return nil }
+        return end(vcpu, reason: why) ?? .replayEnded
     }
 
     func finished(_ vcpu: KVMVcpu, reason: StopReason?) {
         _ = end(vcpu, reason: reason?.description ?? Self.hostStop)
     }
 
+    /// The end's reason when a kick ended the run; every stop from the host says "stopped ...", none of the guest's does.
     static let hostStop = "stopped from the host"
     /// The VM's stop reason, if one was asked for (set by the VirtualMachine).
     var pendingStop: () -> StopReason? = { nil }
