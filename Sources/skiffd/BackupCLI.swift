@@ -91,6 +91,7 @@ struct BackupCommand: AsyncParsableCommand {
         @Option(help: "Encrypt chunks with this key (skiff backup key FILE).") var keyFile: String?
         @Option(help: "Where a running VM's copy-before-write files go (default: beside the first disk).") var workDir: String?
         @Option(help: "A document kept with the backup (skiffd keeps the VM's configuration there).") var configFile: String?
+        @Option(help: "Chunks read, hashed and sent at once.") var jobs = DiskBackup.Options.defaultJobs
         @Flag(help: "Print the report as JSON.") var json = false
 
         func run() async throws {
@@ -104,6 +105,8 @@ struct BackupCommand: AsyncParsableCommand {
             o.controlSocket = controlSocket
             o.agentSocket = vsockSocket
             o.workDirectory = workDir
+            guard (1...64).contains(jobs) else { throw ValidationError("--jobs \(jobs): between 1 and 64") }
+            o.jobs = jobs
             o.config = config
             o.key = try keyFile.map { f in do { return try BackupKey.load(f) } catch { throw CLIError("\(error)") } }
             let r = try await withServer(server) { try await DiskBackup.run(o, server: $0) }

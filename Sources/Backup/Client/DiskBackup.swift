@@ -31,7 +31,8 @@ public enum DiskBackup {
         /// Where a running VM's copy-before-write files go (default: beside the first disk).
         public var workDirectory: String?
         /// Chunks in flight at once.
-        public var jobs = 4
+        public static let defaultJobs = 4
+        public var jobs = defaultJobs
         public init(vm: String, disks: [String]) { self.vm = vm; self.disks = disks }
     }
 
