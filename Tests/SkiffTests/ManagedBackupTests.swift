@@ -32,24 +32,28 @@ final class ManagedBackupTests: XCTestCase {
         XCTFail("\(vm)'s console has not shown \(text) \(count) times: \(log.suffix(500))")
     }
 
-    func testBackupScheduleKillAndRestoreThroughSkiffd() throws {
-        let b = try BackupHarness("managed")
-        defer { b.tearDown() }
+    /// A backup server, a skiffd backing up to it (its CLI's environment),
+    /// and its VM "w": the blkwrite probe on a disk of `mib` MiB of seeded
+    /// data, which writes its 8 extents (the same each start), then idles.
+    func writer(_ name: String, mib: Int, data: Int, writes: Int) throws -> (BackupHarness, ManagerHarness, [String: String], String) {
+        let b = try BackupHarness(name)
         try b.start()
-        let m = try ManagerHarness("mbackup")
-        defer { m.tearDown() }
+        let m = try ManagerHarness("m" + name)
         try m.start(extra: ["--backup-server", b.url, "--backup-token-file", b.tokenFiles["h1"]!])
-        let cli = ["SKIFFD_SOCKET": m.socket, "SKIFFD_BIN": ManagerHarness.skiffd]
-
         let disk = m.root + "/disk.img"
-        try BackupHarness.image(disk, mib: 64)
-        try BackupHarness.scribble(disk, seed: 3, permille: 200, cbt: false)
-        // blkwrite writes its 8 extents (the same each start), then idles.
+        try BackupHarness.image(disk, mib: mib)
+        try BackupHarness.scribble(disk, seed: data, permille: mib > 64 ? 500 : 200, cbt: false)
         let probe: [String: Any] = ["name": "w", "kernel": Harness.probe("blkwrite"), "memoryMiB": 128, "disks": [["path": disk]],
-                                    "cmdline": "seed=4 extents=8 permille=20 stay"]
+                                    "cmdline": "seed=\(writes) extents=8 permille=20 stay"]
         XCTAssertEqual(try m.create(probe).status, 201)
         try m.waitFor("w", "running")
         try waitConsole(m, "w", "BLKWRITE done")
+        return (b, m, ["SKIFFD_SOCKET": m.socket, "SKIFFD_BIN": ManagerHarness.skiffd], disk)
+    }
+
+    func testBackupScheduleKillAndRestoreThroughSkiffd() throws {
+        let (b, m, cli, disk) = try writer("managed", mib: 64, data: 3, writes: 4)
+        defer { b.tearDown(); m.tearDown() }
         XCTAssertTrue(FileManager.default.fileExists(atPath: disk + ".cbt"), "a writable disk of skiffd's is tracked by default")
 
         // A live backup through the CLI, which waits for the job.
@@ -232,22 +236,9 @@ final class ManagedBackupTests: XCTestCase {
     /// the job succeeds, and the disk is then whole (no flags file) and
     /// the backed-up one, with the same writes of the same guest on it.
     func testLiveRestoreThroughSkiffd() throws {
-        let b = try BackupHarness("live")
-        defer { b.tearDown() }
-        try b.start()
-        let m = try ManagerHarness("mlive")
-        defer { m.tearDown() }
-        try m.start(extra: ["--backup-server", b.url, "--backup-token-file", b.tokenFiles["h1"]!])
-        let cli = ["SKIFFD_SOCKET": m.socket, "SKIFFD_BIN": ManagerHarness.skiffd]
-        let disk = m.root + "/disk.img"
-        try BackupHarness.image(disk, mib: 256)
-        try BackupHarness.scribble(disk, seed: 8, permille: 500, cbt: false)
         // blkwrite writes the same 8 extents at each start: a restored VM's writes leave its disk the backed-up one.
-        let probe: [String: Any] = ["name": "w", "kernel": Harness.probe("blkwrite"), "memoryMiB": 128, "disks": [["path": disk]],
-                                    "cmdline": "seed=9 extents=8 permille=20 stay"]
-        XCTAssertEqual(try m.create(probe).status, 201)
-        try m.waitFor("w", "running")
-        try waitConsole(m, "w", "BLKWRITE done")
+        let (b, m, cli, disk) = try writer("live", mib: 256, data: 8, writes: 9)
+        defer { b.tearDown(); m.tearDown() }
         XCTAssertEqual(try m.api("POST", "/vms/w/stop", #"{"timeoutSeconds": 5}"#).status, 200)
         try m.waitFor("w", "stopped")
         var r = try Harness.skiff(["backup", "w", "--json"], timeout: 120, environment: cli)
