@@ -219,12 +219,16 @@ final class Determinism: ExitSchedule, GuestInputs, @unchecked Sendable {
             do { try writer.append(event) } catch { return .failed("\(error)") }
             return nil
         case .replay(let log):
-            guard cursor < log.count else { return .differs("the replay went on past its recording's end: \(event.summary)") }
-            let want = log[cursor]
-            guard want == event else { return .differs("event \(cursor + 1): the recording has \(want.summary), the replay \(event.summary)") }
+            guard cursor < log.count, log[cursor] == event else { return mismatch(event, log) }
             cursor += 1
             return nil
         }
+    }
+
+    /// The log's next event is not `event`: what the replay says.
+    private func mismatch(_ event: ReplayEvent, _ log: [ReplayEvent]) -> Problem {
+        guard cursor < log.count else { return .differs("the replay went on past its recording's end: \(event.summary)") }
+        return .differs("event \(cursor + 1): the recording has \(log[cursor].summary), the replay \(event.summary)")
     }
 
     // MARK: what devices give the guest (GuestInputs), while an exit is dispatched
@@ -242,11 +246,7 @@ final class Determinism: ExitSchedule, GuestInputs, @unchecked Sendable {
     func entropy(into p: UnsafeMutableRawPointer, count: Int) -> Int {
         if case .replay(let log) = mode {
             guard pending == nil, cursor < log.count, case .entropy(let e, let bytes) = log[cursor], e == dispatching, bytes.count == count else {
-                let asked = ReplayEvent.entropy(exit: dispatching, bytes: [UInt8](repeating: 0, count: count))
-                if pending == nil {
-                    pending = .differs(cursor < log.count ? "event \(cursor + 1): the recording has \(log[cursor].summary), the replay \(asked.summary)"
-                                                          : "the replay went on past its recording's end: \(asked.summary)")
-                }
+                if pending == nil { pending = mismatch(.entropy(exit: dispatching, bytes: [UInt8](repeating: 0, count: count)), log) }
                 memset(p, 0, count)
                 return count
             }
@@ -254,12 +254,7 @@ final class Determinism: ExitSchedule, GuestInputs, @unchecked Sendable {
             cursor += 1
             return count
         }
-        var done = 0
-        while done < count {
-            let r = getrandom(p + done, count - done, 0)
-            if r < 0 { if errno == EINTR { continue }; break }
-            done += r
-        }
+        let done = Rng.hostEntropy(into: p, count: count)
         if case .record = mode { note(.entropy(exit: dispatching, bytes: Array(UnsafeRawBufferPointer(start: p, count: done)))) }
         return done
     }

@@ -26,14 +26,7 @@ public final class Rng: VirtioDevice {
                 let io = ChainIO(memory: context.memory, buffers: chain.writable)
                 var written = 0
                 io.visit(offset: 0, count: min(io.length, UInt64(Self.maxPerRequest))) { p, n in
-                    if let inputs { written += inputs.entropy(into: p, count: n); return }
-                    var done = 0
-                    while done < n {
-                        let r = getrandom(p + done, n - done, 0)
-                        if r < 0 { if errno == EINTR { continue }; break }
-                        done += r
-                    }
-                    written += done
+                    written += inputs?.entropy(into: p, count: n) ?? Self.hostEntropy(into: p, count: n)
                 }
                 return UInt32(written)
             }
@@ -41,4 +34,15 @@ public final class Rng: VirtioDevice {
     }
 
     public func reset() { worker.stop() }
+
+    /// Up to `count` bytes from getrandom(2); how many it gave.
+    public static func hostEntropy(into p: UnsafeMutableRawPointer, count: Int) -> Int {
+        var done = 0
+        while done < count {
+            let r = getrandom(p + done, count - done, 0)
+            if r < 0 { if errno == EINTR { continue }; break }
+            done += r
+        }
+        return done
+    }
 }
