@@ -1,5 +1,6 @@
 @testable import Backup
 import BlockTracking
+import Foundation
 import XCTest
 
 /// The chunk format and the changed-block map: pure logic, every byte of
@@ -150,5 +151,28 @@ final class ChunkFormatTests: XCTestCase {
         XCTAssertTrue(a < b, "\(a) < \(b)")
         XCTAssertTrue(a.hasSuffix(".123Z"), a)
         for id in taken { XCTAssertNil(Names.problem(id, what: "backup id"), id) }
+    }
+
+    /// The server's filter of a host's digests: never a false "no" (the
+    /// client would send a chunk it need not, which is only slower, but a
+    /// false "no" for every chunk would make the filter pointless), about
+    /// 1% false "maybe", and a hostile filter's sizes refused.
+    func testDigestFilter() throws {
+        let held = (0..<5000).map { i in Array("held \(i)".utf8).withUnsafeBytes { Chunk.digest($0, key: nil) } }
+        let filter = DigestFilter(held, count: held.count)
+        XCTAssertNil(filter.problem)
+        for d in held { XCTAssertTrue(filter.mayHold(d)) }
+        let others = (0..<20000).map { i in Array("other \(i)".utf8).withUnsafeBytes { Chunk.digest($0, key: nil) } }
+        let maybes = others.filter(filter.mayHold).count
+        XCTAssertLessThan(maybes, 20000 * 3 / 100, "false positives")
+        // Through JSON, as the server sends it.
+        let back = try JSONDecoder().decode(DigestFilter.self, from: JSONEncoder().encode(filter))
+        XCTAssertEqual(back, filter)
+        // An empty host's filter says no to everything.
+        let empty = DigestFilter([], count: 0)
+        XCTAssertFalse(empty.mayHold(held[0]))
+        for bad in [#"{"bits":"","hashes":7}"#, #"{"bits":"AAAA","hashes":0}"#, #"{"bits":"AAAA","hashes":9}"#] {
+            XCTAssertNotNil(try JSONDecoder().decode(DigestFilter.self, from: Data(bad.utf8)).problem, bad)
+        }
     }
 }

@@ -96,10 +96,13 @@ public final class ServerConnection: Sendable {
         _ = try await call(.DELETE, "/v1/backups/" + id)
     }
 
-    func begin(vm: String, base: String?) async throws -> String {
+    /// A new session, and the filter of the host's digests when the server
+    /// sent a usable one (without, every new chunk is asked `have` first).
+    func begin(vm: String, base: String?) async throws -> (session: String, filter: DigestFilter?) {
         struct B: Codable { var vm: String; var base: String? }
-        struct S: Codable { var session: String }
-        return try await post(S.self, "/v1/sessions", B(vm: vm, base: base)).session
+        struct S: Codable { var session: String; var filter: DigestFilter? }
+        let s = try await post(S.self, "/v1/sessions", B(vm: vm, base: base))
+        return (s.session, s.filter.flatMap { $0.problem == nil ? $0 : nil })
     }
 
     func have(_ digests: [ChunkDigest], session: String) async throws -> [Bool] {

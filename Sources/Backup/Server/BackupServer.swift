@@ -145,7 +145,9 @@ struct Routes: Sendable {
     }
 
     struct Begin: Codable { var vm: String; var base: String? }
-    struct Began: Codable { var session: String }
+    /// The session, and a filter of the digests the host's backups hold
+    /// (a chunk it does not hold is uploaded without asking `have`).
+    struct Began: Codable { var session: String; var filter: DigestFilter }
     struct Prune: Codable {
         var vm: String?
         var keepLast: Int?, keepDaily: Int?, keepWeekly: Int?, keepMonthly: Int?
@@ -160,7 +162,8 @@ struct Routes: Sendable {
         router.post("/v1/sessions") { r, _ in
             let h = try host(r)
             let b = try await decode(Begin.self, r)
-            return try json(Began(session: try await repo.begin(host: h, vm: b.vm, base: b.base).session), status: .created)
+            let begun = try await repo.begin(host: h, vm: b.vm, base: b.base)
+            return try json(Began(session: begun.session, filter: begun.filter), status: .created)
         }
         router.post("/v1/sessions/:session/have") { r, c in
             let h = try host(r)

@@ -70,7 +70,7 @@ public actor Repository {
     /// Begins a backup of `vm` for `host`, on `base` (one of its backups,
     /// whose chunks the client will not send again): they are touched now,
     /// so no collection can remove them while this backup runs.
-    public func begin(host: String, vm: String, base: String?) throws -> (session: String, base: Manifest?) {
+    public func begin(host: String, vm: String, base: String?) throws -> (session: String, base: Manifest?, filter: DigestFilter) {
         if let p = Names.problem(vm, what: "VM name") { throw BackupError.invalid(p) }
         dropIdleSessions()
         guard sessions.values.filter({ $0.host == host }).count < 64 else { throw BackupError.conflict("\(host) has 64 backups open: finish or abort some") }
@@ -83,7 +83,8 @@ public actor Repository {
         }
         let id = String(UInt64.random(in: 0...UInt64.max), radix: 16)
         sessions[id] = Session(host: host, vm: vm, started: Self.now(), startedMs: Self.nowMs(), lastUsed: Self.now(), held: held)
-        return (id, b)
+        let owned = references[host] ?? [:]
+        return (id, b, DigestFilter(owned.keys, count: owned.count))
     }
 
     /// A backup whose client has said nothing for an hour was killed or
