@@ -118,6 +118,70 @@ final class BackupTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: out + ".partial"))
     }
 
+    /// A chunk is stored on its sender's word (its header checked, not its
+    /// hash), but never becomes another host's: h1 sends a forged chunk
+    /// under the name of real data, then h2 backs that data up. h2's upload
+    /// is checked and takes the forged copy's place, h2's restore is the
+    /// data, and a second forgery, against the checked copy, changes
+    /// nothing. A forgery whose header does not even claim its name is
+    /// refused at once.
+    func testAForgedChunkHarmsNoOtherHost() throws {
+        let h = try BackupHarness("forge", hosts: ["h1", "h2"])
+        defer { h.tearDown() }
+        try h.start()
+        let disk = h.root + "/disk.img"
+        try BackupHarness.image(disk, mib: 2)
+        let data = (0..<(1 << 20)).map { _ in UInt8.random(in: 0...255) }
+        let fd = open(disk, O_WRONLY)
+        XCTAssertEqual(pwrite(fd, data, data.count, 0), data.count)
+        close(fd)
+        let chunk0 = h.root + "/chunk0"
+        try Data(data).write(to: URL(fileURLWithPath: chunk0))
+        let digest = String(try Harness.run("/usr/bin/sha256sum", [chunk0]).stdout.prefix(64))
+        let digestBytes = stride(from: 0, to: 64, by: 2).map { i -> UInt8 in
+            UInt8(digest[digest.index(digest.startIndex, offsetBy: i)..<digest.index(digest.startIndex, offsetBy: i + 2)], radix: 16)!
+        }
+        func curl(_ host: String, _ args: [String]) throws -> (code: String, body: String) {
+            let token = try String(contentsOfFile: h.tokenFiles[host]!, encoding: .utf8)
+            let out = h.root + "/curl.out"
+            let r = try Harness.run("/usr/bin/curl", ["-s", "-o", out, "-w", "%{http_code}", "-H", "Authorization: Bearer " + token] + args)
+            return (r.stdout, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
+        }
+        func forge(claimingName: Bool) throws -> String {
+            let begun = try curl("h1", ["-X", "POST", "-H", "Content-Type: application/json", "--data", #"{"vm":"forger"}"#, h.url + "/v1/sessions"])
+            XCTAssertEqual(begun.code, "201", begun.body)
+            let session = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(begun.body.utf8)) as? [String: Any])?["session"] as? String)
+            // Stored as it is: the header's payload hash is the name, the payload other bytes.
+            var blob = Array("SKFCHNK1".utf8) + [0, 0, 0, 0]
+            withUnsafeBytes(of: UInt32(data.count).littleEndian) { blob += $0 }
+            blob += claimingName ? digestBytes : [UInt8](repeating: 0xee, count: 32)
+            blob += [UInt8](repeating: 0x5a, count: data.count)
+            let file = h.root + "/forged"
+            try Data(blob).write(to: URL(fileURLWithPath: file))
+            return try curl("h1", ["-X", "PUT", "-H", "Content-Type: application/octet-stream", "--data-binary", "@" + file,
+                                   h.url + "/v1/sessions/\(session)/chunks/\(digest)"]).code
+        }
+        XCTAssertEqual(try forge(claimingName: false), "422", "a header that does not claim the name")
+        XCTAssertEqual(try forge(claimingName: true), "204", "stored on its sender's word")
+        let stored = h.store + "/chunks/" + digest.prefix(2) + "/" + digest
+        var st = stat()
+        XCTAssertEqual(lstat(stored, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o400, "unchecked")
+        let id = try XCTUnwrap(try h.create(vm: "real", disks: [disk], host: "h2")["id"] as? String)
+        XCTAssertEqual(lstat(stored, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600, "h2's checked upload took the forged copy's place")
+        let out = h.root + "/out.img"
+        var r = try h.backup(["restore", id, "--disk-output", out], host: "h2")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(try BackupHarness.same(disk, out))
+        XCTAssertEqual(try forge(claimingName: true), "204", "against a checked copy, what is sent is not stored")
+        try? FileManager.default.removeItem(atPath: out)
+        r = try h.backup(["restore", id, "--disk-output", out], host: "h2")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(try BackupHarness.same(disk, out))
+        XCTAssertEqual(try h.backup(["verify"], host: "h2").status, 0)
+    }
+
     /// Live restore: a VM runs on the disk while it is still arriving. What
     /// the guest writes meanwhile is never overwritten by the restore, and
     /// the disk ends whole: byte for byte a full restore with the same

@@ -136,6 +136,19 @@ public enum Chunk {
     /// What a blob's header says, checked against its bytes: the payload's
     /// hash, the flags, the length. Throws a message naming the chunk.
     public static func check(_ blob: UnsafeRawBufferPointer, digest: ChunkDigest) throws -> (flags: UInt8, length: Int) {
+        let header = try checkHeader(blob, digest: digest)
+        let payload = UnsafeRawBufferPointer(rebasing: blob[headerBytes...])
+        guard Array(SHA256.hash(data: payload)) == Array(blob[16..<48]) else {
+            throw ChunkError.damaged(digest, "its payload does not match its checksum")
+        }
+        return header
+    }
+
+    /// What a blob's header says, checked without hashing: the magic, the
+    /// flags, the length; and for a chunk stored as it is, that its size is
+    /// that length and its payload hash is its name (so that the one hash
+    /// `check` then makes, or a reader's, tests both).
+    public static func checkHeader(_ blob: UnsafeRawBufferPointer, digest: ChunkDigest) throws -> (flags: UInt8, length: Int) {
         guard blob.count >= headerBytes, blob.count <= maxBlobBytes, Array(blob[0..<8]) == magic else {
             throw ChunkError.damaged(digest, "not a chunk (bad header or size)")
         }
@@ -145,9 +158,9 @@ public enum Chunk {
         }
         let length = Int(blob[12]) | Int(blob[13]) << 8 | Int(blob[14]) << 16 | Int(blob[15]) << 24
         guard length <= maxBytes else { throw ChunkError.damaged(digest, "says it holds \(length) bytes, more than \(maxBytes)") }
-        let payload = UnsafeRawBufferPointer(rebasing: blob[headerBytes...])
-        guard Array(SHA256.hash(data: payload)) == Array(blob[16..<48]) else {
-            throw ChunkError.damaged(digest, "its payload does not match its checksum")
+        if flags == 0 {
+            guard blob.count - headerBytes == length else { throw ChunkError.damaged(digest, "holds \(blob.count - headerBytes) bytes, its header says \(length)") }
+            guard blob[16..<48].elementsEqual(digest.bytes) else { throw ChunkError.damaged(digest, "its contents do not hash to its name") }
         }
         return (flags, length)
     }
@@ -170,8 +183,7 @@ public enum Chunk {
         guard checked.flags == 0, key == nil else {
             return try decode(blob, digest: digest, key: key, checked: checked).withUnsafeBytes { try body($0) }
         }
-        guard blob.count - headerBytes == checked.length else { throw ChunkError.damaged(digest, "holds \(blob.count - headerBytes) bytes, its header says \(checked.length)") }
-        guard blob[16..<48].elementsEqual(digest.bytes) else { throw ChunkError.damaged(digest, "its contents do not hash to its name") }
+        // Its size and payload hash, the digest, were checked with the header.
         return try body(UnsafeRawBufferPointer(rebasing: blob[headerBytes...]))
     }
 
@@ -215,9 +227,9 @@ public enum Chunk {
         let checked = try check(blob, digest: digest)
         switch checked.flags {
         case 0:
-            // Stored as it is: the payload, whose hash the check compared, is the contents.
-            guard blob.count - headerBytes == checked.length else { throw ChunkError.damaged(digest, "holds \(blob.count - headerBytes) bytes, its header says \(checked.length)") }
-            guard Array(blob[16..<48]) == digest.bytes else { throw ChunkError.damaged(digest, "its contents do not hash to its name") }
+            // Stored as it is: the payload, whose hash the check compared
+            // with the header's, which is the digest, is the contents.
+            break
         case compressed: _ = try decode(blob, digest: digest, key: nil, checked: checked)
         default: break // encrypted: whole, which is all a store without the key can know
         }

@@ -179,14 +179,30 @@ struct Routes: Sendable {
             let s = try c.parameters.require("session")
             let d = try digest(c)
             let blob = try await r.body.collect(upTo: Chunk.maxBlobBytes)
-            // Checked before it is stored: a chunk is shared by every host
-            // that has its contents, so none may store a wrong one.
-            _ = try blob.withUnsafeReadableBytes { b in try Chunk.verify(b, digest: d) }
-            if try await repo.adopt(d, session: s, host: h) { return Response(status: .noContent) }
             let store = repo.store
-            let staged = try await ChunkStore.disk.runIfActive { try blob.withUnsafeReadableBytes { b in try store.stage(d, b) } }
-            try await repo.received(d, staged: staged, session: s, host: h)
-            return Response(status: .noContent)
+            // A chunk is shared by every host that has its contents, so a
+            // copy one host's backup relies on must not be another's wrong
+            // one; but a copy only its senders rely on is theirs to get
+            // right (ChunkStore.Standing). Three tries: a collection or
+            // another upload of it may come between the look and the act.
+            var checked = false
+            func stage() async throws -> String {
+                try await ChunkStore.disk.runIfActive { [checked] in try blob.withUnsafeReadableBytes { b in try store.stage(d, b, checked: checked) } }
+            }
+            for _ in 0..<3 {
+                switch store.standing(d) {
+                case .checked:
+                    // This host relies on the stored copy from now on, not on what it sent.
+                    if try await repo.adopt(d, session: s, host: h) { return Response(status: .noContent) }
+                case .unchecked:
+                    if !checked { _ = try blob.withUnsafeReadableBytes { b in try Chunk.verify(b, digest: d) }; checked = true }
+                    if try await repo.received(d, staged: try await stage(), replacing: true, session: s, host: h) { return Response(status: .noContent) }
+                case .absent:
+                    if !checked { _ = try blob.withUnsafeReadableBytes { b in try Chunk.checkHeader(b, digest: d) } }
+                    if try await repo.received(d, staged: try await stage(), replacing: false, session: s, host: h) { return Response(status: .noContent) }
+                }
+            }
+            throw BackupError.conflict("chunk \(d.hex) kept changing while it was stored: send it again")
         }
         router.post("/v1/sessions/:session/commit") { r, c in
             let h = try host(r)
@@ -239,6 +255,7 @@ struct Routes: Sendable {
                         do {
                             let blob = try await ChunkStore.disk.runIfActive { try store.read(d) }
                             _ = try blob.withUnsafeReadableBytes { try Chunk.verify($0, digest: d) }
+                            store.markChecked(d)
                             return nil
                         } catch {
                             return Broken(chunk: d.hex, problem: "\(error)", backups: ids.sorted())

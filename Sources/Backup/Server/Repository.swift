@@ -105,16 +105,19 @@ public actor Repository {
         return s
     }
 
-    /// A chunk the client sent (verified, staged): put in place, held by the session.
-    public func received(_ d: ChunkDigest, staged: String, session id: String, host: String) throws {
+    /// A chunk the client sent (staged): put in place (`ChunkStore.place`),
+    /// held by the session. False if a copy came meanwhile and this one was
+    /// not put in its place (the caller asks again how the chunk stands).
+    public func received(_ d: ChunkDigest, staged: String, replacing: Bool, session id: String, host: String) throws -> Bool {
         var s: Session
         do { s = try session(id, host: host) } catch { unlink(staged); throw error }
-        try store.place(d, staged: staged)
+        guard try store.place(d, staged: staged, replacing: replacing) else { return false }
         s.held.insert(d)
         sessions[id] = s
+        return true
     }
 
-    /// A chunk the client sent (verified) that is stored already (for this
+    /// A chunk the client sent that is stored already, checked (for this
     /// host or another): touched and held, no second copy written. False
     /// if it is not stored (the caller stages and sends it to `received`).
     public func adopt(_ d: ChunkDigest, session id: String, host: String) throws -> Bool {
