@@ -90,9 +90,9 @@ public final class VirtualMachine: @unchecked Sendable {
             try io.attach(pit, at: 0x40, length: 4)
             portB = pit.portB
             cmos = CMOS(clock: { 1_767_225_600 })
-            // A bzImage is Linux, whose interrupt windows PVM reports late.
+            // Linux's interrupt windows PVM reports late (Determinism.interruptWindows).
             schedule = Determinism(pic: pic, pit: pit, serial: serial, memory: memory,
-                                   interruptWindows: kernel?.setupHeader == nil)
+                                   interruptWindows: !(kernel?.isLinux ?? false))
         } else {
             serial = Serial8250(irq: KVMInterruptLine(vm: vm, irq: 4), sink: consoleOutput)
             cmos = CMOS()

@@ -2,10 +2,11 @@ import XCTest
 @testable import Machine
 
 /// Builds small ELF64 images in memory to exercise the parser's checks.
-func makeElf(segments: [(paddr: UInt64, data: [UInt8], memsz: UInt64)], pvhEntry: UInt32? = nil, entry: UInt64 = 0x100000) -> [UInt8] {
+func makeElf(segments: [(paddr: UInt64, data: [UInt8], memsz: UInt64)], pvhEntry: UInt32? = nil, entry: UInt64 = 0x100000,
+             linuxNote: Bool = false) -> [UInt8] {
     var phdrs: [[UInt8]] = []
     var payload: [UInt8] = []
-    let count = segments.count + (pvhEntry == nil ? 0 : 1)
+    let count = segments.count + (pvhEntry == nil && !linuxNote ? 0 : 1)
     let dataStart = 64 + 56 * count
     func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
     for s in segments {
@@ -13,8 +14,10 @@ func makeElf(segments: [(paddr: UInt64, data: [UInt8], memsz: UInt64)], pvhEntry
         payload += s.data
         phdrs.append(le(UInt32(1)) + le(UInt32(7)) + le(offset) + le(s.paddr) + le(s.paddr) + le(UInt64(s.data.count)) + le(s.memsz) + le(UInt64(0x1000)))
     }
-    if let pvh = pvhEntry {
-        let note = le(UInt32(4)) + le(UInt32(4)) + le(UInt32(18)) + Array("Xen\0".utf8) + le(pvh)
+    if pvhEntry != nil || linuxNote {
+        // Linux's own notes come first in a vmlinux, as here ("Linux", type 1, 4 bytes; name padded to 8).
+        var note = linuxNote ? le(UInt32(6)) + le(UInt32(4)) + le(UInt32(1)) + Array("Linux\0\0\0".utf8) + le(UInt32(0)) : []
+        if let pvh = pvhEntry { note += le(UInt32(4)) + le(UInt32(4)) + le(UInt32(18)) + Array("Xen\0".utf8) + le(pvh) }
         let offset = UInt64(dataStart + payload.count)
         payload += note
         phdrs.append(le(UInt32(4)) + le(UInt32(4)) + le(offset) + le(UInt64(0)) + le(UInt64(0)) + le(UInt64(note.count)) + le(UInt64(note.count)) + le(UInt64(4)))
@@ -48,6 +51,15 @@ final class KernelImageTests: XCTestCase {
         let image = try KernelImage.parse(makeElf(segments: [(0x100000, [1, 2, 3], 16)], pvhEntry: 0x100010), path: "k")
         XCTAssertEqual(image.entry, .pvh32(0x100010))
         XCTAssertEqual(image.end, 0x100010)
+        XCTAssertFalse(image.isLinux, "a probe guest: no Linux note")
+    }
+
+    /// The deterministic machine treats Linux apart (Determinism.interruptWindows).
+    func testLinuxIsKnownByItsNoteOrItsFormat() throws {
+        let elf = try KernelImage.parse(makeElf(segments: [(0x100000, [1, 2, 3], 16)], pvhEntry: 0x100010, linuxNote: true), path: "k")
+        XCTAssertTrue(elf.isLinux)
+        XCTAssertEqual(elf.entry, .pvh32(0x100010), "the PVH note after Linux's is still found")
+        XCTAssertTrue(try KernelImage.parse(makeBzImage(), path: "b").isLinux)
     }
 
     func testElfWithoutNoteEntersIn64BitMode() throws {

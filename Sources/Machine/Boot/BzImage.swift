@@ -36,7 +36,7 @@ enum BzImage {
         return KernelImage(
             path: path, bytes: bytes, entry: .long64(loadAddress + 0x200),
             segments: [.init(guestAddress: loadAddress, fileOffset: kernelOffset, fileSize: payload, memorySize: UInt64(payload))],
-            setupHeader: Array(bytes[0x1f1..<headerEnd]),
+            setupHeader: Array(bytes[0x1f1..<headerEnd]), isLinux: true,
             commandLineLimit: cmdlineSize > 0 ? cmdlineSize + 1 : 256,
             initrdLimit: initrdMax + 1,
             end: loadAddress + max(initSize, UInt64(payload)))

@@ -30,6 +30,7 @@ enum ElfKernel {
 
         var segments: [KernelImage.Segment] = []
         var pvhEntry: UInt32?
+        var linux = false
         var end: UInt64 = 0
         for i in 0..<phnum {
             let h = Int(phoff) + i * phentsize
@@ -48,34 +49,38 @@ enum ElfKernel {
                 guard !overflow, memsz < 1 << 40 else { throw BootError("kernel \(path): ELF segment \(i) at 0x\(String(paddr, radix: 16)) wraps the address space") }
                 segments.append(.init(guestAddress: paddr, fileOffset: Int(offset), fileSize: Int(filesz), memorySize: memsz))
                 end = max(end, segEnd)
-            } else if ptype == ptNote, pvhEntry == nil {
-                pvhEntry = try findPVHEntry(r, offset: Int(offset), size: Int(filesz))
+            } else if ptype == ptNote {
+                try walkNotes(r, offset: Int(offset), size: Int(filesz)) { name, type, desc, descsz in
+                    if type == xenElfNotePhys32Entry, name.elementsEqual("Xen\0".utf8), descsz >= 4, pvhEntry == nil { pvhEntry = try r.u32(desc) }
+                    if name.elementsEqual("Linux\0".utf8) { linux = true }
+                }
             }
         }
         guard !segments.isEmpty else { throw BootError("kernel \(path): ELF has no loadable segment") }
         return KernelImage(
             path: path, bytes: bytes,
             entry: pvhEntry.map { .pvh32($0) } ?? .long64(entry),
-            segments: segments, setupHeader: nil,
+            segments: segments, setupHeader: nil, isLinux: linux,
             commandLineLimit: linuxCommandLineSize,
             initrdLimit: X86Layout.lowRAMEnd, end: end)
     }
 
-    /// Walks an ELF note segment for XEN_ELFNOTE_PHYS32_ENTRY ("Xen", 18).
-    static func findPVHEntry(_ r: ByteReader, offset: Int, size: Int) throws -> UInt32? {
+    /// Each note of an ELF note segment: its name (with its NUL), type, and
+    /// its description's offset and size. Stops quietly at a note that
+    /// does not fit (a hostile or cut image is parsed, never trusted).
+    static func walkNotes(_ r: ByteReader, offset: Int, size: Int,
+                          _ body: (ArraySlice<UInt8>, UInt32, Int, Int) throws -> Void) throws {
         var at = offset
         let limit = offset + size
         while at + 12 <= limit {
             let namesz = Int(try r.u32(at)), descsz = Int(try r.u32(at + 4)), type = try r.u32(at + 8)
             let name = at + 12
+            guard namesz <= size, descsz <= size else { return }
             let desc = name + (namesz + 3) & ~3
             let next = desc + (descsz + 3) & ~3
-            guard namesz <= size, descsz <= size, next <= limit else { return nil }
-            if type == xenElfNotePhys32Entry, namesz == 4, r.bytes[name..<name + 3].elementsEqual("Xen".utf8), descsz >= 4 {
-                return try r.u32(desc)
-            }
+            guard next <= limit else { return }
+            try body(r.bytes[name..<name + namesz], type, desc, descsz)
             at = next
         }
-        return nil
     }
 }

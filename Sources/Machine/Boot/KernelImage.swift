@@ -24,6 +24,8 @@ public struct KernelImage: Sendable {
     public let segments: [Segment]
     /// For a bzImage: its setup header, to copy into the zero page.
     public let setupHeader: [UInt8]?
+    /// Linux (a bzImage, or an ELF with a "Linux" note), not a probe guest.
+    public let isLinux: Bool
     /// The longest command line the kernel accepts, including the NUL.
     public let commandLineLimit: Int
     /// The highest address an initrd may end at (protocol's initrd_addr_max + 1).
