@@ -117,3 +117,21 @@ enum KnownPaths {
         return templates.first { k, _ in k.count == parts.count && zip(k, parts).allSatisfy { $0 == "*" || $0 == $1 } }?.1
     }
 }
+
+/// `Server-Timing: app;dur=MS` on every answer: how long skiffd took with
+/// the request, from the router's first look to the answer's headers (the
+/// W3C header browsers and curl show). A client's own latency minus this
+/// is time in its socket, its scheduler and itself: bench/manager prints
+/// both, to tell skiffd's tail from the host's.
+struct ServerTimingMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let start = ContinuousClock.now
+        var response = try await next(request, context)
+        let d = ContinuousClock.now - start
+        let ms = Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
+        if let name = HTTPField.Name("Server-Timing") {
+            response.headers[name] = "app;dur=" + String(format: "%.2f", ms)
+        }
+        return response
+    }
+}

@@ -105,6 +105,7 @@ public struct Daemon: Sendable {
     static func application(_ manager: Manager, address: BindAddress, token: String?, tls: TLSConfiguration? = nil, logger: Logger,
                             onRunning: @escaping @Sendable () -> Void) throws -> some Service {
         let router = Router()
+        router.add(middleware: ServerTimingMiddleware())
         router.add(middleware: ProblemMiddleware())
         if let token { router.add(middleware: BearerMiddleware(token: token)) }
         router.add(middleware: BodyLimitMiddleware())
