@@ -53,6 +53,8 @@ enum Recording {
             try same(h.configuration.kernelPath, "kernel", h.kernelBytes, h.kernelCRC)
             if let initrd = h.configuration.initrdPath { try same(initrd, "initrd", h.initrdBytes, h.initrdCRC) }
             config = h.configuration
+            // A CPU that differs in what the guest reads: the replay's first difference, found before it runs.
+            if let d = h.hostCPUIDDifference() { fail("replay diverged: \(d)", status: 1) }
             // A disk the recording wrote to is replayed on a copy of it as it was at the start.
             if !options.disks.isEmpty {
                 guard options.disks.count == config.disks.count else {

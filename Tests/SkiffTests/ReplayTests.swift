@@ -165,6 +165,33 @@ final class ReplayTests: XCTestCase {
         XCTAssertEqual(try Harness.skiff(["replay", dir + "/nothing"], timeout: 60).status, 2)
     }
 
+    /// A host whose CPU differs in a bit the guest reads (on PVM hosts the
+    /// guest reads the host's CPUID natively): the recording keeps its
+    /// host's CPUID, and a replay elsewhere stops before its first event,
+    /// naming the leaf, the register and the bits. The other host is the
+    /// recorded CPUID with one bit of leaf 7's EDX flipped.
+    func testAHostWhoseCPUDiffersStopsBeforeTheFirstEvent() throws {
+        let dir = directory("cpu")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try record(dir, input: "q")
+        let path = dir + "/events"
+        let (header, events) = try EventLog.read(path)
+        var other = header
+        other[other.count - 1] ^= 0x01 // the last leaf is 7.0: its EDX's top byte, bit 24
+        unlink(path)
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        let w = try EventLogWriter(fd: fd, path: path, header: other)
+        for e in events { try w.append(e) }
+        try w.finish()
+        close(fd)
+        let r = try Harness.skiff(["replay", dir], timeout: 60)
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("replay diverged: before event 1: this host's CPUID leaf 0x7.0 EDX"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("bits 0x1000000 differ"), r.stderr)
+        XCTAssertFalse(r.stdout.contains("REPLAY-START"), "it stopped before the guest ran")
+    }
+
     /// `skiff run --deterministic` without input: the same output each time.
     func testDeterministicRunsAreTheSame() throws {
         let outs = try (0..<3).map { _ in
