@@ -61,13 +61,11 @@ final class LinuxReplayTests: XCTestCase {
         XCTAssertEqual(entropy.count, 1, "16 bytes of entropy: \(r.stdout.suffix(1500).debugDescription)")
         let recordedBytes = FileManager.default.contents(atPath: recordedDisk)
         XCTAssertNotEqual(recordedBytes, FileManager.default.contents(atPath: pristine), "the guest wrote the disk")
-        for i in 1...1 {
-            let disk = try copy(i)
-            let p = try Harness.skiff(["replay", log, "--disk", disk], timeout: 600)
-            XCTAssertEqual(p.status, 0, "replay \(i): \(p.stderr)")
-            XCTAssertTrue(p.stderr.contains("replay matched all"), p.stderr)
-            XCTAssertEqual(p.stdout, r.stdout, "replay \(i) printed what the recording printed")
-            XCTAssertEqual(FileManager.default.contents(atPath: disk), recordedBytes, "replay \(i)'s disk")
-        }
+        let disk = try copy(1)
+        let p = try Harness.skiff(["replay", log, "--disk", disk], timeout: 600)
+        XCTAssertEqual(p.status, 0, "replay: \(p.stderr)")
+        XCTAssertTrue(p.stderr.contains("replay matched all"), p.stderr)
+        XCTAssertEqual(p.stdout, r.stdout, "the replay printed what the recording printed")
+        XCTAssertEqual(FileManager.default.contents(atPath: disk), recordedBytes, "the replay's disk")
     }
 }

@@ -151,12 +151,15 @@ public final class ChunkStore: Sendable {
     /// there (the staged one was checked, the stored one was not). Else only
     /// where none is: false (the staged one removed) if one came meanwhile.
     public func place(_ d: ChunkDigest, staged: String, replacing: Bool) throws -> Bool {
-        defer { unlink(staged) }
         if replacing {
-            guard rename(staged, path(d)) == 0 else { throw BackupError.failed("storing chunk \(d.hex): \(String(cString: strerror(errno)))") }
+            guard rename(staged, path(d)) == 0 else {
+                let e = String(cString: strerror(errno)); unlink(staged)
+                throw BackupError.failed("storing chunk \(d.hex): \(e)")
+            }
             return true
         }
         // link, not rename: it fails where a copy is, which must not be replaced unchecked.
+        defer { unlink(staged) }
         if link(staged, path(d)) == 0 { return true }
         if errno == EEXIST { return false }
         throw BackupError.failed("storing chunk \(d.hex): \(String(cString: strerror(errno)))")
